@@ -1,0 +1,18 @@
+# mmsk: the two commands of README.md, and the set-up they share.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/sknet/sknet18-cifar_1xb64_mnist5k.py
+PYTEST_ARGS ?=
+
+.PHONY: setup main test
+
+setup:
+	bash tools/setup_env.sh
+
+# Train and test a backbone end to end on the built-in data set.
+main: setup
+	PYTHON=$(PY) bash tools/main_job.sh $(CONFIG)
+
+# The test suite.
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -1,0 +1,538 @@
+"""The one ResNet-style stage builder of mmsk, and its two block shapes.
+
+Every ResNet-style family of mmsk (SKNet, SENet, the Res2Net variants) is this
+builder plus a block. A block honours one contract:
+
+- ``expansion``; the constructor arguments of :class:`BasicBlock`;
+- ``conv1`` / ``conv2`` (/ ``conv3``) whose spatial conv is built by a hook
+  (``make_conv1`` for the basic block, ``make_conv2`` for the bottleneck),
+  which is all an SK or Res2Net block overrides;
+- an attention slot ``attn`` (``attn_cfg``, e.g. SE) after the last conv,
+  stochastic depth (``drop_path_rate``), non-reentrant checkpointing
+  (``with_cp``), and ``zero_init_last()``.
+
+The backbone subclasses mmpretrain's :class:`~mmpretrain.models.ResNet`, so
+``out_indices``, ``frozen_stages``, ``norm_eval``, ``init_cfg`` and layer-wise
+learning-rate decay behave exactly as in mmpretrain.
+"""
+import math
+from numbers import Integral
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.utils.checkpoint as cp
+from mmcv.cnn import (ConvModule, build_activation_layer, build_conv_layer,
+                      build_norm_layer)
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule, Sequential
+from mmpretrain.models.backbones.resnet import ResNet
+from torch import nn
+
+from mmsk.registry import MODELS
+from mmsk.utils import (check_choice, check_positive_int, check_sequence,
+                        check_unit_interval)
+
+
+def _build_attn(attn_cfg: Optional[dict], channels: int):
+    if attn_cfg is None:
+        return None
+    if not isinstance(attn_cfg, dict) or 'type' not in attn_cfg:
+        raise ValueError(f'attn_cfg must be None or a dict with a "type", '
+                         f'got {attn_cfg!r}')
+    return MODELS.build(dict(attn_cfg, in_channels=channels))
+
+
+class _ResidualBlock(BaseModule):
+    """What both block shapes share: slot, drop path, shortcut, checkpoint."""
+
+    expansion = 1
+
+    def _init_tail(self, out_channels, downsample, attn_cfg, drop_path_rate,
+                   act_cfg, with_cp):
+        check_unit_interval('drop_path_rate', drop_path_rate)
+        self.downsample = downsample
+        self.attn = _build_attn(attn_cfg, out_channels)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 \
+            else nn.Identity()
+        self.act = build_activation_layer(act_cfg)
+        self.with_cp = with_cp
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def last_conv(self) -> ConvModule:
+        raise NotImplementedError
+
+    def zero_init_last(self):
+        """Zero the last norm's scale, so that the block starts as identity."""
+        norm = self.last_conv.norm
+        if getattr(norm, 'weight', None) is not None:
+            nn.init.zeros_(norm.weight)
+
+    def _inner_forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.residual(x)
+        if self.attn is not None:
+            out = self.attn(out)
+        out = self.drop_path(out)
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return out + shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and x.requires_grad:
+            out = cp.checkpoint(self._inner_forward, x, use_reentrant=False)
+        else:
+            out = self._inner_forward(x)
+        return self.act(out)
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convs (ResNet-18/34) with an attention slot.
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        expansion (int): ``out_channels / mid_channels``. Defaults to 1.
+        stride (int): Stride of the first conv. Defaults to 1.
+        dilation (int): Dilation of the 3x3 convs. Defaults to 1.
+        downsample (nn.Module, optional): Shortcut projection.
+        style (str): Unused by the basic block (kept for the contract).
+        groups / width_per_group / base_channels: must be 1 / 64 / 64-ratio
+            neutral for the basic block.
+        attn_cfg (dict, optional): Attention after the last conv, built with
+            ``in_channels=out_channels`` (e.g. ``dict(type='SEAttention')``).
+        with_cp (bool): Non-reentrant gradient checkpointing.
+        conv_cfg, norm_cfg, act_cfg (dict): Layer configs.
+        drop_path_rate (float): Stochastic depth rate of the residual.
+        conv1_cfg (dict, optional): Extra arguments for ``make_conv1``.
+    """
+
+    expansion = 1
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 expansion: int = 1,
+                 stride: int = 1,
+                 dilation: int = 1,
+                 downsample: Optional[nn.Module] = None,
+                 style: str = 'pytorch',
+                 groups: int = 1,
+                 width_per_group: Optional[int] = None,
+                 base_channels: int = 64,
+                 attn_cfg: Optional[dict] = None,
+                 with_cp: bool = False,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='ReLU'),
+                 drop_path_rate: float = 0.0,
+                 conv1_cfg: Optional[dict] = None,
+                 init_cfg=None):
+        super().__init__(init_cfg)
+        if groups != 1 or (width_per_group is not None
+                           and width_per_group != base_channels):
+            raise ValueError(
+                f'{type(self).__name__} supports groups=1 and no '
+                f'width_per_group only, got groups={groups}, '
+                f'width_per_group={width_per_group}')
+        if out_channels % expansion:
+            raise ValueError(f'out_channels ({out_channels}) must be '
+                             f'divisible by expansion ({expansion})')
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.expansion = expansion
+        self.mid_channels = out_channels // expansion
+        self.stride = stride
+        self.dilation = dilation
+        self.conv1 = self.make_conv1(
+            in_channels,
+            self.mid_channels,
+            stride=stride,
+            dilation=dilation,
+            conv_cfg=conv_cfg,
+            norm_cfg=norm_cfg,
+            act_cfg=act_cfg,
+            **(conv1_cfg or {}))
+        self.conv2 = ConvModule(
+            self.mid_channels,
+            out_channels,
+            3,
+            padding=dilation,
+            dilation=dilation,
+            conv_cfg=conv_cfg,
+            norm_cfg=norm_cfg,
+            act_cfg=None)
+        self._init_tail(out_channels, downsample, attn_cfg, drop_path_rate,
+                        act_cfg, with_cp)
+
+    def make_conv1(self, in_channels, out_channels, stride, dilation,
+                   **kwargs) -> nn.Module:
+        """The first (spatial) conv, with norm and activation."""
+        return ConvModule(
+            in_channels,
+            out_channels,
+            3,
+            stride=stride,
+            padding=dilation,
+            dilation=dilation,
+            **kwargs)
+
+    @property
+    def last_conv(self):
+        return self.conv2
+
+    def residual(self, x):
+        return self.conv2(self.conv1(x))
+
+
+class Bottleneck(_ResidualBlock):
+    """1x1 reduce, spatial conv (``make_conv2``), 1x1 expand, attention slot.
+
+    The middle width is ``floor(planes * width_per_group / base_channels) *
+    groups`` with ``planes = out_channels / expansion`` (ResNeXt's rule;
+    ``groups=1, width_per_group=base_channels`` gives ResNet's).
+
+    Args:
+        style (str): ``'pytorch'``: stride on the 3x3; ``'caffe'``: on the
+            first 1x1.
+        groups (int): Groups of the spatial conv (cardinality).
+        width_per_group (int, optional): Width per group at ``base_channels``
+            planes. Defaults to ``base_channels``.
+        conv2_cfg (dict, optional): Extra arguments for ``make_conv2``.
+        Others: as :class:`BasicBlock`.
+    """
+
+    expansion = 4
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 expansion: int = 4,
+                 stride: int = 1,
+                 dilation: int = 1,
+                 downsample: Optional[nn.Module] = None,
+                 style: str = 'pytorch',
+                 groups: int = 1,
+                 width_per_group: Optional[int] = None,
+                 base_channels: int = 64,
+                 attn_cfg: Optional[dict] = None,
+                 with_cp: bool = False,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='ReLU'),
+                 drop_path_rate: float = 0.0,
+                 conv2_cfg: Optional[dict] = None,
+                 init_cfg=None):
+        super().__init__(init_cfg)
+        check_choice('style', style, ('pytorch', 'caffe'))
+        check_positive_int('groups', groups)
+        if width_per_group is None:
+            width_per_group = base_channels
+        check_positive_int('width_per_group', width_per_group)
+        if out_channels % expansion:
+            raise ValueError(f'out_channels ({out_channels}) must be '
+                             f'divisible by expansion ({expansion})')
+        planes = out_channels // expansion
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.expansion = expansion
+        self.mid_channels = int(
+            math.floor(planes * width_per_group / base_channels)) * groups
+        if self.mid_channels < 1:
+            raise ValueError(
+                f'width_per_group={width_per_group} with base_channels='
+                f'{base_channels} leaves no middle channels')
+        self.stride = stride
+        self.dilation = dilation
+        conv1_stride, conv2_stride = (1, stride) if style == 'pytorch' \
+            else (stride, 1)
+        layer_cfg = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg)
+        self.conv1 = ConvModule(
+            in_channels,
+            self.mid_channels,
+            1,
+            stride=conv1_stride,
+            act_cfg=act_cfg,
+            **layer_cfg)
+        self.conv2 = self.make_conv2(
+            self.mid_channels,
+            stride=conv2_stride,
+            dilation=dilation,
+            groups=groups,
+            stage_first=stride > 1 or downsample is not None,
+            act_cfg=act_cfg,
+            **layer_cfg,
+            **(conv2_cfg or {}))
+        self.conv3 = ConvModule(
+            self.mid_channels, out_channels, 1, act_cfg=None, **layer_cfg)
+        self._init_tail(out_channels, downsample, attn_cfg, drop_path_rate,
+                        act_cfg, with_cp)
+
+    def make_conv2(self, channels, stride, dilation, groups, stage_first,
+                   **kwargs) -> nn.Module:
+        """The spatial conv (3x3, with norm and activation)."""
+        if channels % groups:
+            raise ValueError(f'groups ({groups}) must divide the middle '
+                             f'channels ({channels})')
+        return ConvModule(
+            channels,
+            channels,
+            3,
+            stride=stride,
+            padding=dilation,
+            dilation=dilation,
+            groups=groups,
+            **kwargs)
+
+    @property
+    def last_conv(self):
+        return self.conv3
+
+    def residual(self, x):
+        return self.conv3(self.conv2(self.conv1(x)))
+
+
+class ResLayer(Sequential):
+    """One stage: ``num_blocks`` blocks, the first one strided/projected.
+
+    The shortcut projection is ``[pool, conv1x1, norm]`` with ``avg_down``
+    (pool is ``nn.Identity`` at stride 1) and ``[conv1x1, norm]`` otherwise.
+    ``drop_path_rate`` is a float or one rate per block.
+    """
+
+    def __init__(self,
+                 block,
+                 num_blocks: int,
+                 in_channels: int,
+                 out_channels: int,
+                 expansion: Optional[int] = None,
+                 stride: int = 1,
+                 avg_down: bool = False,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN'),
+                 drop_path_rate: Union[float, Sequence[float]] = 0.0,
+                 **kwargs):
+        if isinstance(drop_path_rate, (int, float)):
+            drop_path_rate = [float(drop_path_rate)] * num_blocks
+        if len(drop_path_rate) != num_blocks:
+            raise ValueError(f'drop_path_rate has {len(drop_path_rate)} '
+                             f'rates for {num_blocks} blocks')
+        expansion = expansion or block.expansion
+        downsample = None
+        if stride != 1 or in_channels != out_channels:
+            layers = []
+            conv_stride = stride
+            if avg_down:
+                conv_stride = 1
+                layers.append(
+                    nn.AvgPool2d(
+                        stride,
+                        stride,
+                        ceil_mode=True,
+                        count_include_pad=False)
+                    if stride != 1 else nn.Identity())
+            layers += [
+                build_conv_layer(
+                    conv_cfg,
+                    in_channels,
+                    out_channels,
+                    1,
+                    stride=conv_stride,
+                    bias=False),
+                build_norm_layer(norm_cfg, out_channels)[1]
+            ]
+            downsample = nn.Sequential(*layers)
+        blocks = []
+        for i in range(num_blocks):
+            blocks.append(
+                block(
+                    in_channels=in_channels if i == 0 else out_channels,
+                    out_channels=out_channels,
+                    expansion=expansion,
+                    stride=stride if i == 0 else 1,
+                    downsample=downsample if i == 0 else None,
+                    conv_cfg=conv_cfg,
+                    norm_cfg=norm_cfg,
+                    drop_path_rate=drop_path_rate[i],
+                    **kwargs))
+        super().__init__(*blocks)
+
+
+def _check_cfg(name, cfg, optional=False):
+    if cfg is None and optional:
+        return
+    if not isinstance(cfg, dict) or 'type' not in cfg:
+        raise ValueError(f'{name} must be a dict with a "type" key, got '
+                         f'{cfg!r}')
+
+
+class ResNetStages(ResNet):
+    """The shared ResNet-style backbone of mmsk's families.
+
+    Families set ``arch_settings`` (``depth -> (block, stage_blocks)``) and
+    pass block arguments; the builder does the rest. On top of mmpretrain's
+    ResNet arguments it takes ``groups``/``width_per_group`` (ResNeXt),
+    ``attn_cfg`` (attention slot of every block), ``act_cfg``, ``cifar_stem``
+    (3x3 stride-1 stem without max-pool, for small images), and checks every
+    option, raising ``ValueError``/``KeyError`` that name it.
+    """
+
+    arch_settings: dict = {}
+
+    def __init__(self,
+                 depth: int,
+                 in_channels: int = 3,
+                 stem_channels: int = 64,
+                 base_channels: int = 64,
+                 expansion: Optional[int] = None,
+                 num_stages: int = 4,
+                 strides: Sequence[int] = (1, 2, 2, 2),
+                 dilations: Sequence[int] = (1, 1, 1, 1),
+                 out_indices: Union[int, Sequence[int]] = (3, ),
+                 style: str = 'pytorch',
+                 deep_stem: bool = False,
+                 cifar_stem: bool = False,
+                 avg_down: bool = False,
+                 frozen_stages: int = -1,
+                 groups: int = 1,
+                 width_per_group: Optional[int] = None,
+                 attn_cfg: Optional[dict] = None,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN', requires_grad=True),
+                 act_cfg: dict = dict(type='ReLU'),
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 zero_init_residual: bool = True,
+                 drop_path_rate: float = 0.0,
+                 init_cfg=[
+                     dict(type='Kaiming', layer=['Conv2d']),
+                     dict(
+                         type='Constant',
+                         val=1,
+                         layer=['_BatchNorm', 'GroupNorm'])
+                 ],
+                 **block_cfg):
+        name = type(self).__name__
+        if depth not in self.arch_settings:
+            raise KeyError(f'invalid depth {depth!r} for {name}; choose '
+                           f'from {sorted(self.arch_settings)}')
+        for key in ('in_channels', 'stem_channels', 'base_channels',
+                    'num_stages', 'groups'):
+            check_positive_int(key, locals()[key])
+        if not 1 <= num_stages <= 4:
+            raise ValueError(f'num_stages must be in [1, 4], got '
+                             f'{num_stages}')
+        for key, value in (('strides', strides), ('dilations', dilations)):
+            check_sequence(key, value, num_stages)
+            for v in value:
+                check_positive_int(f'{key}[i]', v)
+        if isinstance(out_indices, Integral):
+            out_indices = (out_indices, )
+        if not isinstance(out_indices, (list, tuple)) or not out_indices:
+            raise ValueError(f'out_indices must be an int or a non-empty '
+                             f'sequence, got {out_indices!r}')
+        normalised = []
+        for index in out_indices:
+            if not isinstance(index, Integral) or not \
+                    -num_stages <= index < num_stages:
+                raise ValueError(f'out_indices entry {index!r} is out of '
+                                 f'range for {num_stages} stages')
+            normalised.append(int(index) % num_stages)
+        check_choice('style', style, ('pytorch', 'caffe'))
+        if deep_stem and cifar_stem:
+            raise ValueError('deep_stem and cifar_stem are exclusive')
+        if deep_stem and stem_channels % 2:
+            raise ValueError(f'deep_stem needs an even stem_channels, got '
+                             f'{stem_channels}')
+        if not isinstance(frozen_stages, Integral) or \
+                not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'frozen_stages must be in [-1, {num_stages}], '
+                             f'got {frozen_stages!r}')
+        check_unit_interval('drop_path_rate', drop_path_rate)
+        _check_cfg('norm_cfg', norm_cfg)
+        _check_cfg('act_cfg', act_cfg)
+        _check_cfg('conv_cfg', conv_cfg, optional=True)
+        _check_cfg('attn_cfg', attn_cfg, optional=True)
+        if expansion is not None:
+            check_positive_int('expansion', expansion)
+
+        # Read by the stem and stage hooks that ResNet.__init__ calls.
+        self.act_cfg = act_cfg
+        self.cifar_stem = cifar_stem
+        self._block_kwargs = dict(
+            groups=groups,
+            width_per_group=width_per_group,
+            base_channels=base_channels,
+            attn_cfg=attn_cfg,
+            act_cfg=act_cfg,
+            **block_cfg)
+        super().__init__(
+            depth=depth,
+            in_channels=in_channels,
+            stem_channels=stem_channels,
+            base_channels=base_channels,
+            expansion=expansion,
+            num_stages=num_stages,
+            strides=tuple(strides),
+            dilations=tuple(dilations),
+            out_indices=tuple(normalised),
+            style=style,
+            deep_stem=deep_stem,
+            avg_down=avg_down,
+            frozen_stages=frozen_stages,
+            conv_cfg=conv_cfg,
+            norm_cfg=norm_cfg,
+            norm_eval=norm_eval,
+            with_cp=with_cp,
+            zero_init_residual=zero_init_residual,
+            init_cfg=init_cfg,
+            drop_path_rate=drop_path_rate)
+        self.out_channels = tuple(
+            getattr(self, name)[-1].out_channels for name in self.res_layers)
+
+    def make_res_layer(self, **kwargs):
+        return ResLayer(**kwargs, **self._block_kwargs)
+
+    def _make_stem_layer(self, in_channels, stem_channels):
+        layer_cfg = dict(
+            conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
+            act_cfg=self.act_cfg)
+        if self.deep_stem:
+            half = stem_channels // 2
+            self.stem = nn.Sequential(
+                ConvModule(in_channels, half, 3, 2, 1, **layer_cfg),
+                ConvModule(half, half, 3, 1, 1, **layer_cfg),
+                ConvModule(half, stem_channels, 3, 1, 1, **layer_cfg))
+        else:
+            kernel, stride = (3, 1) if self.cifar_stem else (7, 2)
+            self.conv1 = build_conv_layer(
+                self.conv_cfg,
+                in_channels,
+                stem_channels,
+                kernel_size=kernel,
+                stride=stride,
+                padding=kernel // 2,
+                bias=False)
+            self.norm1_name, norm1 = build_norm_layer(
+                self.norm_cfg, stem_channels, postfix=1)
+            self.add_module(self.norm1_name, norm1)
+            self.relu = build_activation_layer(self.act_cfg)
+        self.maxpool = nn.Identity() if self.cifar_stem else nn.MaxPool2d(
+            kernel_size=3, stride=2, padding=1)
+
+    def train(self, mode: bool = True):
+        # mmpretrain's ResNet.train returns None; nn.Module's returns self.
+        super().train(mode)
+        return self
+
+    def init_weights(self):
+        # BaseModule's init (init_cfg, incl. Pretrained with prefix), then
+        # the blocks' own zero-init instead of ResNet's class checks.
+        super(ResNet, self).init_weights()
+        if isinstance(self.init_cfg, dict) and \
+                self.init_cfg.get('type') == 'Pretrained':
+            return
+        if self.zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, _ResidualBlock):
+                    m.zero_init_last()

@@ -1,0 +1,149 @@
+"""The channel-attention core shared by SE and SK, and the SE module.
+
+Squeeze-and-Excitation (Hu et al., https://arxiv.org/abs/1709.01507) and the
+select step of Selective Kernel (Li et al., https://arxiv.org/abs/1903.06586)
+compute the same thing: squeeze a feature map by global average pooling,
+reduce the channels to ``d``, expand back to ``C * num_paths`` and gate. They
+differ only in the gate: a sigmoid for one path (SE), a softmax across the
+``M`` paths for each channel (SK).
+"""
+from typing import Optional
+
+import torch
+from mmcv.cnn import build_activation_layer, build_conv_layer, build_norm_layer
+from mmengine.model import BaseModule
+from mmpretrain.models.utils import make_divisible
+from torch import nn
+
+from mmsk.registry import register_model
+from mmsk.utils import check_positive_int
+
+
+def reduced_channels(channels: int,
+                     reduction: float = 16,
+                     divisor: Optional[int] = 8,
+                     min_channels: int = 0) -> int:
+    """Width ``d`` of the squeezed descriptor.
+
+    ``d = max(round_to(channels / reduction, divisor), min_channels)``; with
+    ``divisor=None`` the plain ``max(channels // reduction, min_channels)`` of
+    the SKNet paper (``d = max(C / r, L)``).
+
+    >>> reduced_channels(256, reduction=16, divisor=None, min_channels=32)
+    32
+    >>> reduced_channels(64, reduction=8, divisor=16)
+    16
+    """
+    if not reduction or reduction <= 0:
+        raise ValueError(f'reduction must be > 0, got {reduction!r}')
+    if divisor is None:
+        width = int(channels // reduction)
+    else:
+        width = make_divisible(channels / reduction, divisor)
+    return max(width, min_channels, 1)
+
+
+@register_model
+class ChannelAttention(BaseModule):
+    """Squeeze -> reduce -> act -> expand -> gate, over ``num_paths`` paths.
+
+    Args:
+        in_channels (int): Channels ``C`` of each path.
+        num_paths (int): 1 gives SE weights ``(B, C, 1, 1)`` through
+            ``gate_cfg``; ``M >= 2`` gives SK weights ``(B, M, C, 1, 1)``
+            that sum to one across the paths (softmax). Defaults to 1.
+        reduction (float): Channel reduction ratio ``r``. Defaults to 16.
+        divisor (int, optional): Round ``C / r`` to a multiple of this
+            (``None``: floor division). Defaults to 8.
+        min_channels (int): Floor ``L`` for the reduced width. Defaults to 0.
+        attn_channels (int, optional): Reduced width, overriding the rule
+            above. Defaults to None.
+        bias (bool): Bias in the two 1x1 convs. Defaults to True.
+        conv_cfg (dict, optional): Conv layer config. Defaults to None.
+        norm_cfg (dict, optional): Norm after the reduce conv (SK uses BN).
+        act_cfg (dict): Activation after the reduce step.
+        gate_cfg (dict): Gate for ``num_paths == 1``. Defaults to Sigmoid.
+
+    Example:
+        >>> attn = ChannelAttention(64, num_paths=2)
+        >>> attn(torch.rand(2, 64, 8, 8)).shape
+        torch.Size([2, 2, 64, 1, 1])
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 num_paths: int = 1,
+                 reduction: float = 16,
+                 divisor: Optional[int] = 8,
+                 min_channels: int = 0,
+                 attn_channels: Optional[int] = None,
+                 bias: bool = True,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: Optional[dict] = None,
+                 act_cfg: dict = dict(type='ReLU'),
+                 gate_cfg: dict = dict(type='Sigmoid'),
+                 init_cfg=None):
+        super().__init__(init_cfg)
+        check_positive_int('in_channels', in_channels)
+        check_positive_int('num_paths', num_paths)
+        if attn_channels is None:
+            attn_channels = reduced_channels(in_channels, reduction, divisor,
+                                             min_channels)
+        check_positive_int('attn_channels', attn_channels)
+        self.in_channels = in_channels
+        self.num_paths = num_paths
+        self.attn_channels = attn_channels
+        self.reduce = build_conv_layer(
+            conv_cfg, in_channels, attn_channels, kernel_size=1, bias=bias)
+        self.norm = (
+            build_norm_layer(norm_cfg, attn_channels)[1]
+            if norm_cfg is not None else nn.Identity())
+        self.act = build_activation_layer(act_cfg)
+        self.expand = build_conv_layer(
+            conv_cfg,
+            attn_channels,
+            in_channels * num_paths,
+            kernel_size=1,
+            bias=bias)
+        self.gate = build_activation_layer(gate_cfg) if num_paths == 1 \
+            else nn.Softmax(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: the (fused) feature map ``(B, C, H, W)``."""
+        w = x.mean((2, 3), keepdim=True)
+        w = self.expand(self.act(self.norm(self.reduce(w))))
+        if self.num_paths > 1:
+            w = w.view(w.shape[0], self.num_paths, self.in_channels, 1, 1)
+        return self.gate(w)
+
+
+@register_model
+class SEAttention(ChannelAttention):
+    """Squeeze-and-Excitation: ``x * sigmoid(expand(act(reduce(pool(x)))))``.
+
+    Usable as a block's attention slot (``attn_cfg=dict(type='SEAttention')``)
+    and as an mmcv plugin (it takes ``in_channels``), e.g. in mmdet's ResNet
+    ``plugins=[dict(cfg=dict(type='mmsk.SEAttention'), position=...)]``.
+
+    Args:
+        in_channels (int): Channels of the input.
+        reduction (float): Reduction ratio. Defaults to 16.
+        divisor (int, optional): Round the reduced width to this multiple,
+            as mmpretrain's ``SELayer`` and timm's ``SEModule`` do.
+        **kwargs: Other :class:`ChannelAttention` arguments (``act_cfg``,
+            ``gate_cfg`` such as ``dict(type='HSigmoid')``, ``bias``, ...).
+
+    Example:
+        >>> se = SEAttention(64)
+        >>> se(torch.rand(2, 64, 8, 8)).shape
+        torch.Size([2, 64, 8, 8])
+    """
+
+    def __init__(self, in_channels: int, reduction: float = 16, **kwargs):
+        if kwargs.pop('num_paths', 1) != 1:
+            raise ValueError('SEAttention has one path (num_paths=1); '
+                             'SKConv selects among several')
+        super().__init__(in_channels, reduction=reduction, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * super().forward(x)

@@ -1,0 +1,85 @@
+"""Res2Net's hierarchical multi-scale 3x3 (Gao et al., https://arxiv.org/abs/1904.01169)."""
+from typing import Optional
+
+import torch
+from mmcv.cnn import ConvModule
+from mmengine.model import BaseModule, ModuleList
+from torch import nn
+
+from mmsk.registry import register_model
+from mmsk.utils import check_positive_int
+
+
+@register_model
+class Res2Conv(BaseModule):
+    """Split the channels into ``scales`` groups of ``width``; each 3x3 sees
+    its split plus the previous output, so receptive fields grow inside one
+    block. The last split passes through (average-pooled in the first block
+    of a stage, which also drops the hierarchy, as Res2Net does).
+
+    Args:
+        channels (int): Input = output channels, ``width * scales``.
+        scales (int): Number of splits (>= 2).
+        stride (int): Stride of the 3x3 convs (and of the pool).
+        dilation (int): Dilation of the 3x3 convs.
+        groups (int): Groups of each 3x3 (Res2NeXt). Defaults to 1.
+        stage_first (bool): First block of a stage. Defaults to False.
+
+    Example:
+        >>> m = Res2Conv(104, scales=4)
+        >>> m(torch.rand(1, 104, 8, 8)).shape
+        torch.Size([1, 104, 8, 8])
+    """
+
+    def __init__(self,
+                 channels: int,
+                 scales: int = 4,
+                 stride: int = 1,
+                 dilation: int = 1,
+                 groups: int = 1,
+                 stage_first: bool = False,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='ReLU'),
+                 init_cfg=None):
+        super().__init__(init_cfg)
+        check_positive_int('scales', scales)
+        if scales < 2:
+            raise ValueError(f'scales must be >= 2 (scales=1 is a plain '
+                             f'ResNet bottleneck), got {scales}')
+        if channels % scales:
+            raise ValueError(f'channels ({channels}) must be divisible by '
+                             f'scales ({scales})')
+        self.scales = scales
+        self.width = channels // scales
+        if self.width % groups:
+            raise ValueError(f'groups ({groups}) must divide the split '
+                             f'width ({self.width})')
+        self.stage_first = stage_first
+        self.convs = ModuleList([
+            ConvModule(
+                self.width,
+                self.width,
+                3,
+                stride=stride,
+                padding=dilation,
+                dilation=dilation,
+                groups=groups,
+                conv_cfg=conv_cfg,
+                norm_cfg=norm_cfg,
+                act_cfg=act_cfg) for _ in range(scales - 1)
+        ])
+        self.pool = nn.AvgPool2d(3, stride, padding=1) if stage_first \
+            else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        splits = torch.split(x, self.width, dim=1)
+        outs = []
+        sp = splits[0]
+        for i, conv in enumerate(self.convs):
+            if i > 0:
+                sp = splits[i] if self.stage_first else sp + splits[i]
+            sp = conv(sp)
+            outs.append(sp)
+        outs.append(self.pool(splits[-1]))
+        return torch.cat(outs, dim=1)

@@ -1,0 +1,185 @@
+"""Selective Kernel unit (Li et al., CVPR 2019, https://arxiv.org/abs/1903.06586).
+
+Split: ``M`` branches of different receptive field; fuse: sum them; select:
+:class:`ChannelAttention` over the fused map gives, per channel, a softmax
+across the branches, and the output is the weighted sum of the branches.
+
+The three forms users know are presets of :data:`SK_FORMS`:
+
+- ``paper``: 3x3 grouped convs with dilation 1 and 2, ``d = max(C/16, 32)``.
+- ``pytorchinsight``: one dense 3x3 and one 32-group 3x3, no dilation,
+  ``d = C/16`` (the widely copied PytorchInsight SK-ResNet).
+- ``timm``: split input (each branch sees ``C_in / M`` channels), dilation 1
+  and 2, reduced width rounded to a divisor (timm's ``skresnet*``).
+"""
+import copy
+from typing import Optional, Sequence
+
+import torch
+from mmcv.cnn import ConvModule
+from mmengine.model import BaseModule, ModuleList
+
+from mmsk.registry import register_model
+from mmsk.utils import check_positive_int
+from .attention import ChannelAttention
+
+#: Branch layouts and reduction rules of the known SK forms. ``groups=None``
+#: in a branch means "the unit's ``groups``" (the block's cardinality).
+SK_FORMS = {
+    'paper':
+    dict(
+        branches=(dict(dilation=1), dict(dilation=2)),
+        reduction=16,
+        min_channels=32,
+        divisor=None,
+        split_input=False),
+    'pytorchinsight':
+    dict(
+        branches=(dict(dilation=1, groups=1), dict(dilation=1, groups=32)),
+        reduction=16,
+        min_channels=0,
+        divisor=None,
+        split_input=False),
+    'timm':
+    dict(
+        branches=(dict(dilation=1), dict(dilation=2)),
+        reduction=16,
+        min_channels=0,
+        divisor=8,
+        split_input=True),
+}
+
+_BRANCH_KEYS = {'kernel_size', 'dilation', 'groups'}
+
+
+def sk_form(name: str, **overrides) -> dict:
+    """The keyword arguments of :class:`SKConv` for a named form."""
+    if name not in SK_FORMS:
+        raise ValueError(
+            f'sk_form must be one of {sorted(SK_FORMS)}, got {name!r}')
+    cfg = copy.deepcopy(SK_FORMS[name])
+    cfg.update(overrides)
+    return cfg
+
+
+@register_model
+class SKConv(BaseModule):
+    """Selective Kernel convolution: split, fuse, select.
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels of every branch and of the unit.
+        stride (int): Stride of every branch. Defaults to 1.
+        dilation (int): Dilation of the unit as a whole (dense prediction);
+            multiplies each branch's own dilation. Defaults to 1.
+        groups (int): Default groups of a branch conv. Defaults to 1.
+        branches (Sequence[dict]): One dict per branch, keys ``kernel_size``
+            (odd, default 3), ``dilation`` (default 1), ``groups`` (default
+            ``groups``). ``M = len(branches) >= 2``.
+        reduction (float): ``r`` of ``d = max(C / r, L)``. Defaults to 16.
+        min_channels (int): ``L``. Defaults to 32.
+        divisor (int, optional): Round ``C / r`` to a multiple of this
+            instead of flooring it. Defaults to None.
+        split_input (bool): Feed each branch ``in_channels / M`` channels
+            of the input instead of all of it. Defaults to False.
+        conv_cfg, norm_cfg, act_cfg (dict): Layer configs of the branches
+            and of the attention's reduce step.
+
+    Example:
+        >>> sk = SKConv(64, 64, groups=32)
+        >>> sk(torch.rand(2, 64, 16, 16)).shape
+        torch.Size([2, 64, 16, 16])
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 stride: int = 1,
+                 dilation: int = 1,
+                 groups: int = 1,
+                 branches: Sequence[dict] = SK_FORMS['paper']['branches'],
+                 reduction: float = 16,
+                 min_channels: int = 32,
+                 divisor: Optional[int] = None,
+                 split_input: bool = False,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='ReLU'),
+                 init_cfg=None):
+        super().__init__(init_cfg)
+        check_positive_int('in_channels', in_channels)
+        check_positive_int('out_channels', out_channels)
+        check_positive_int('stride', stride)
+        check_positive_int('dilation', dilation)
+        check_positive_int('groups', groups)
+        if not isinstance(branches, (list, tuple)) or len(branches) < 2:
+            raise ValueError('branches must list at least 2 branch dicts '
+                             f'(M >= 2), got {branches!r}')
+        self.num_paths = len(branches)
+        self.split_input = split_input
+        branch_in = in_channels
+        if split_input:
+            if in_channels % self.num_paths:
+                raise ValueError(
+                    f'split_input needs in_channels ({in_channels}) divisible '
+                    f'by the number of branches ({self.num_paths})')
+            branch_in = in_channels // self.num_paths
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+
+        self.paths = ModuleList()
+        for i, branch in enumerate(branches):
+            if not isinstance(branch, dict):
+                raise ValueError(f'branches[{i}] must be a dict, got '
+                                 f'{branch!r}')
+            unknown = set(branch) - _BRANCH_KEYS
+            if unknown:
+                raise KeyError(f'branches[{i}] has unknown keys '
+                               f'{sorted(unknown)}; allowed: '
+                               f'{sorted(_BRANCH_KEYS)}')
+            k = branch.get('kernel_size', 3)
+            if not isinstance(k, int) or k < 1 or k % 2 == 0:
+                raise ValueError(f'branches[{i}].kernel_size must be an odd '
+                                 f'positive int, got {k!r}')
+            d = dilation * check_positive_int(f'branches[{i}].dilation',
+                                              branch.get('dilation', 1))
+            g = branch.get('groups')
+            g = groups if g is None else check_positive_int(
+                f'branches[{i}].groups', g)
+            g = min(g, out_channels, branch_in)
+            if branch_in % g or out_channels % g:
+                raise ValueError(
+                    f'branches[{i}].groups={g} must divide the branch input '
+                    f'({branch_in}) and output ({out_channels}) channels')
+            self.paths.append(
+                ConvModule(
+                    branch_in,
+                    out_channels,
+                    k,
+                    stride=stride,
+                    padding=d * (k - 1) // 2,
+                    dilation=d,
+                    groups=g,
+                    conv_cfg=conv_cfg,
+                    norm_cfg=norm_cfg,
+                    act_cfg=act_cfg))
+        self.attn = ChannelAttention(
+            out_channels,
+            num_paths=self.num_paths,
+            reduction=reduction,
+            divisor=divisor,
+            min_channels=min_channels,
+            bias=False,
+            conv_cfg=conv_cfg,
+            norm_cfg=norm_cfg,
+            act_cfg=act_cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.split_input:
+            inputs = torch.chunk(x, self.num_paths, dim=1)
+        else:
+            inputs = [x] * self.num_paths
+        feats = torch.stack(
+            [path(xi) for path, xi in zip(self.paths, inputs)], dim=1)
+        weights = self.attn(feats.sum(dim=1))
+        return (feats * weights).sum(dim=1)

@@ -1,0 +1,7 @@
+from .validation import (check_choice, check_positive_int, check_sequence,
+                         check_unit_interval)
+
+__all__ = [
+    'check_choice', 'check_positive_int', 'check_sequence',
+    'check_unit_interval'
+]

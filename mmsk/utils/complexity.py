@@ -1,0 +1,65 @@
+"""Params and FLOPs of mmsk classifiers against the papers' figures.
+
+FLOPs are counted by mmengine's analyzer (one multiply-add = one FLOP, the
+convention of the SKNet / Res2Net / MobileNetV2 papers) at 224x224, for the
+ImageNet classifier (backbone + global pooling + 1000-way linear head).
+"""
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+#: name -> (backbone config, paper params, paper FLOPs or None, source)
+PAPER_FIGURES: Dict[str, tuple] = {
+    'SKNet-50 (paper)':
+    (dict(type='SKNet', depth=50), 27.5e6, 4.47e9, 'SKNet paper, Table 2'),
+    'SKNet-101 (paper)':
+    (dict(type='SKNet', depth=101), 48.9e6, 8.46e9, 'SKNet paper, Table 2'),
+    'SK-ResNet-50 (PytorchInsight)':
+    (dict(type='SKNet', depth=50, sk_form='pytorchinsight'), 26.15e6, None,
+     'PytorchInsight README'),
+}
+
+
+class _Classifier(nn.Module):
+
+    def __init__(self, backbone_cfg, num_classes=1000):
+        super().__init__()
+        import mmsk  # noqa: F401
+        from mmsk.registry import MODELS
+        self.backbone = MODELS.build(dict(backbone_cfg))
+        self.fc = nn.Linear(self.backbone.feat_dim, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.backbone(x)[-1].mean((2, 3)))
+
+
+def complexity(backbone_cfg: dict,
+               input_size: int = 224,
+               flops: bool = True) -> Dict[str, Optional[float]]:
+    """``{'params': ..., 'flops': ...}`` of the 1000-class classifier."""
+    model = _Classifier(backbone_cfg).eval()
+    params = float(sum(p.numel() for p in model.parameters()))
+    result = dict(params=params, flops=None)
+    if flops:
+        from mmengine.analysis import FlopAnalyzer
+        with torch.no_grad():
+            analyzer = FlopAnalyzer(model,
+                                    torch.zeros(1, 3, input_size, input_size))
+            analyzer.unsupported_ops_warnings(False)
+            analyzer.uncalled_modules_warnings(False)
+            result['flops'] = float(analyzer.total())
+    return result
+
+
+def paper_table(names=None, flops: bool = True, progress=None) -> list:
+    """Rows ``(name, params, paper params, flops, paper flops, source)``."""
+    rows = []
+    for name in names or PAPER_FIGURES:
+        cfg, paper_params, paper_flops, source = PAPER_FIGURES[name]
+        got = complexity(cfg, flops=flops and paper_flops is not None)
+        rows.append((name, got['params'], paper_params, got['flops'],
+                     paper_flops, source))
+        if progress:
+            progress(name)
+    return rows

@@ -1,0 +1,85 @@
+"""Shared helpers of mmsk's test suite."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+# Keep the 2-core CI fast and deterministic.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def run_python(code=None, args=(), timeout=600, cwd=ROOT, check=True):
+    """Run Python in a fresh interpreter (nothing imported beforehand)."""
+    cmd = [sys.executable] + (['-c', code] if code is not None else []) + \
+        list(args)
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{cmd[:4]} failed ({proc.returncode}):\n'
+                             f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
+    return proc
+
+
+def randomize_bn(model, seed=0):
+    """Give every norm layer non-trivial statistics and affine weights, so
+    that weight-parity tests compare something."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _mmpretrain_scope():
+    from mmengine.logging import MMLogger
+    # init_weights logs every parameter at INFO: keep test output readable
+    MMLogger.get_instance('mmengine').setLevel('WARNING')
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmpretrain')
+    yield
+
+
+def build_backbone(cfg):
+    import mmsk  # noqa: F401
+    from mmsk.registry import MODELS
+    return MODELS.build(dict(cfg))
+
+
+MAIN_CONFIG = f'{ROOT}/configs/sknet/sknet18-cifar_1xb64_mnist5k.py'
+# Shrink the main job to seconds: tiny widths, a slice of the data.
+TINY_OPTIONS = [
+    'model.backbone.stem_channels=8', 'model.backbone.base_channels=8',
+    'model.head.in_channels=64', 'train_dataloader.dataset.indices=128',
+    'val_dataloader.dataset.indices=64', 'train_dataloader.num_workers=0',
+    'val_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+    'val_dataloader.persistent_workers=False'
+]
+
+
+def train_tool(work_dir, *extra, tool=f'{ROOT}/tools/train.py', epochs=1,
+               config=MAIN_CONFIG):
+    return run_python(args=[
+        tool, config, '--work-dir',
+        str(work_dir), *extra, '--cfg-options', *TINY_OPTIONS,
+        f'train_cfg.max_epochs={epochs}'
+    ])
+
+
+@pytest.fixture(scope='session')
+def trained_work_dir(tmp_path_factory):
+    """A work dir with epoch_1.pth written by tools/train.py."""
+    work_dir = tmp_path_factory.mktemp('train')
+    train_tool(work_dir)
+    assert (work_dir / 'epoch_1.pth').is_file()
+    return work_dir

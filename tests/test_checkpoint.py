@@ -1,0 +1,103 @@
+"""mmengine checkpoints load with weights_only=True; hostile ones do not."""
+import os
+import pickle
+
+import pytest
+import torch
+
+from conftest import MAIN_CONFIG, ROOT, run_python
+
+
+class _Hostile:
+    """Unpickling this runs a shell command (if the loader allows it)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}', ))
+
+
+def _hostile_checkpoint(tmp_path, template):
+    marker = tmp_path / 'pwned'
+    ckpt = torch.load(template, weights_only=True, map_location='cpu') \
+        if template else {'state_dict': {}}
+    ckpt.setdefault('meta', {})['payload'] = _Hostile(marker)
+    path = tmp_path / 'hostile.pth'
+    torch.save(ckpt, path)
+    return path, marker
+
+
+def test_runner_checkpoint_needs_the_allow_list(trained_work_dir):
+    import mmsk  # noqa: F401
+    from mmsk.checkpoint import allowed_globals, load_local_checkpoint
+    path = str(trained_work_dir / 'epoch_1.pth')
+    # torch's default refuses mmengine's own checkpoint ...
+    with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer'):
+        torch.load(path, weights_only=True)
+    # ... mmsk's loader reads it with weights_only=True
+    ckpt = load_local_checkpoint(path)
+    assert 'message_hub' in ckpt and 'state_dict' in ckpt
+    # and every allowed type is needed: dropping any one fails
+    needed = allowed_globals()
+    for dropped in needed:
+        rest = [g for g in needed if g is not dropped]
+        with torch.serialization.safe_globals(rest):
+            with pytest.raises(pickle.UnpicklingError):
+                torch.load(path, weights_only=True)
+
+
+def test_mmengine_load_checkpoint_uses_safe_loader(trained_work_dir):
+    import mmsk  # noqa: F401
+    from mmengine.runner import CheckpointLoader
+
+    from mmsk.checkpoint import load_local_checkpoint
+    assert CheckpointLoader._get_checkpoint_loader('a.pth') is \
+        load_local_checkpoint
+    ckpt = CheckpointLoader.load_checkpoint(
+        str(trained_work_dir / 'epoch_1.pth'), map_location='cpu')
+    assert ckpt['meta']['epoch'] == 1
+
+
+def test_hostile_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    import mmsk  # noqa: F401
+    from mmengine.runner import CheckpointLoader
+
+    from mmsk.checkpoint import UnsafeCheckpointError
+    path, marker = _hostile_checkpoint(tmp_path, None)
+    with pytest.raises(UnsafeCheckpointError, match='system') as info:
+        CheckpointLoader.load_checkpoint(str(path))
+    assert str(path) in str(info.value)
+    assert not marker.exists()
+
+
+def test_hostile_checkpoint_through_test_tool(trained_work_dir, tmp_path):
+    path, marker = _hostile_checkpoint(tmp_path,
+                                       trained_work_dir / 'epoch_1.pth')
+    proc = run_python(
+        args=[
+            f'{ROOT}/tools/test.py', MAIN_CONFIG,
+            str(path), '--work-dir',
+            str(tmp_path / 'wd')
+        ],
+        check=False)
+    assert proc.returncode != 0
+    assert 'Refused to load checkpoint' in proc.stderr
+    assert not marker.exists()
+
+
+def test_corrupt_checkpoint_has_a_clear_error(trained_work_dir, tmp_path):
+    import mmsk  # noqa: F401
+    from mmsk.checkpoint import (CorruptCheckpointError,
+                                 load_local_checkpoint)
+    data = (trained_work_dir / 'epoch_1.pth').read_bytes()
+    truncated = tmp_path / 'truncated.pth'
+    truncated.write_bytes(data[:len(data) // 2])
+    with pytest.raises(CorruptCheckpointError, match='truncated'):
+        load_local_checkpoint(str(truncated))
+    text = tmp_path / 'text.pth'
+    text.write_text('not a checkpoint')
+    with pytest.raises((CorruptCheckpointError, pickle.UnpicklingError)):
+        load_local_checkpoint(str(text))
+    with pytest.raises(FileNotFoundError):
+        load_local_checkpoint(str(tmp_path / 'missing.pth'))

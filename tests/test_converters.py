@@ -1,0 +1,76 @@
+"""timm -> mmsk: the converter reproduces timm's logits for every model."""
+import pytest
+import torch
+
+from conftest import ROOT, randomize_bn, run_python
+
+
+def _timm_family(*patterns):
+    import timm
+    return sorted({m for p in patterns for m in timm.list_models(p)})
+
+
+SK_FAMILY = _timm_family('skres*')
+
+
+def test_converter_covers_every_timm_sk_model():
+    from mmsk.converters import supported_models
+    assert SK_FAMILY, 'timm lists no SK models'
+    assert set(SK_FAMILY) <= set(supported_models())
+
+
+def convert_and_compare(name, tmp_path, size=64, cli=False):
+    import timm
+    from mmengine.config import Config
+    from mmpretrain.apis import init_model
+
+    from mmsk.converters import convert_checkpoint
+    torch.manual_seed(0)
+    ref = timm.create_model(name, pretrained=False, num_classes=1000)
+    randomize_bn(ref).eval()
+    src, dst = tmp_path / 'timm.pth', tmp_path / 'mmsk.pth'
+    torch.save(ref.state_dict(), src)
+    if cli:
+        run_python(args=[
+            f'{ROOT}/tools/model_converters/timm_to_mmsk.py', name,
+            str(src), str(dst)
+        ])
+    else:
+        convert_checkpoint(name, str(src), str(dst), progress=None)
+    meta = torch.load(dst, weights_only=True)['meta']
+    model = init_model(Config.fromstring(meta['cfg'], '.py'), str(dst))
+    model.eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected = ref(x)
+        got = model(x, mode='tensor')
+    assert got.shape == expected.shape
+    diff = (got - expected).abs().max().item()
+    assert diff <= 1e-4, f'{name}: max abs logit diff {diff}'
+    return diff
+
+
+@pytest.mark.parametrize('name', SK_FAMILY)
+def test_sk_family_logit_parity(name, tmp_path):
+    convert_and_compare(name, tmp_path)
+
+
+def test_converter_cli(tmp_path):
+    convert_and_compare('skresnet18', tmp_path, cli=True)
+
+
+def test_converter_errors(tmp_path):
+    from mmsk.converters import convert_checkpoint
+    with pytest.raises(KeyError, match='not supported'):
+        convert_checkpoint('resnet_nope', 'x', 'y')
+    bad = tmp_path / 'bad.pth'
+    torch.save({'conv1.weight': torch.zeros(1)}, bad)
+    with pytest.raises((KeyError, ValueError), match='skresnet18'):
+        convert_checkpoint('skresnet18', str(bad), str(tmp_path / 'o.pth'))
+    proc = run_python(
+        args=[
+            f'{ROOT}/tools/model_converters/timm_to_mmsk.py', 'nope', 'a',
+            'b'
+        ],
+        check=False)
+    assert proc.returncode == 1 and 'not supported' in proc.stderr

@@ -1,0 +1,61 @@
+"""Params / FLOPs of mmsk models next to the papers' figures.
+
+    python tools/analysis_tools/complexity.py [--names NAME ...] [--out F.md]
+
+Prints a markdown table (deviation in %), optionally writes it to a file, and
+exits with 1 when a figure is off by more than --tolerance percent.
+"""
+import argparse
+import sys
+
+from mmengine.utils import ProgressBar
+
+from mmsk.utils.complexity import PAPER_FIGURES, paper_table
+
+
+def _fmt(value, unit):
+    return '-' if value is None else f'{value / unit:.2f}'
+
+
+def _dev(got, ref):
+    return '-' if got is None or ref is None else \
+        f'{100 * (got - ref) / ref:+.1f}%'
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--names', nargs='+', choices=sorted(PAPER_FIGURES))
+    parser.add_argument('--out', help='also write the table to this file')
+    parser.add_argument('--tolerance', type=float, default=2.0)
+    args = parser.parse_args(argv)
+    names = args.names or list(PAPER_FIGURES)
+    bar = ProgressBar(len(names))
+    rows = paper_table(names, progress=lambda _: bar.update())
+    lines = [
+        '| model | params (M) | paper (M) | dev | FLOPs (G) | paper (G) | '
+        'dev | source |', '|---|---|---|---|---|---|---|---|'
+    ]
+    bad = []
+    for name, params, p_params, flops, p_flops, source in rows:
+        lines.append(f'| {name} | {_fmt(params, 1e6)} | {_fmt(p_params, 1e6)}'
+                     f' | {_dev(params, p_params)} | {_fmt(flops, 1e9)} | '
+                     f'{_fmt(p_flops, 1e9)} | {_dev(flops, p_flops)} | '
+                     f'{source} |')
+        for got, ref in ((params, p_params), (flops, p_flops)):
+            if got is not None and ref is not None and \
+                    abs(got - ref) / ref * 100 > args.tolerance:
+                bad.append(name)
+    table = '\n'.join(lines)
+    print('\n' + table)
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(table + '\n')
+    if bad:
+        print(f'off by more than {args.tolerance}%: {sorted(set(bad))}',
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
