@@ -31,30 +31,64 @@ class CorruptCheckpointError(RuntimeError):
     """The file is not a readable torch checkpoint."""
 
 
-@lru_cache(maxsize=None)
-def allowed_globals() -> List[type]:
-    """The types beyond torch's defaults that mmengine checkpoints contain.
+def _history_buffer_attribute(obj, name: str):
+    """``getattr`` as the unpickler may call it: only to look up the
+    statistics methods of :class:`HistoryBuffer` (protocol-2 pickles store
+    ``HistoryBuffer.min`` as ``getattr(HistoryBuffer, 'min')``)."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    allowed = {'min', 'max', 'current', 'mean'}
+    allowed |= set(HistoryBuffer._statistics_methods)  # registered ones
+    if obj is HistoryBuffer and name in allowed:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f'Unsupported global: GLOBAL builtins.getattr on {obj!r}.{name} '
+        f'(only HistoryBuffer statistics methods may be looked up)')
 
-    - ``meta['message_hub']`` holds :class:`~mmengine.logging.HistoryBuffer`
-      objects, whose logs are numpy arrays (array reconstruction, dtypes);
-    - ``meta`` may hold numpy scalars (e.g. a seed or a metric value).
+
+@lru_cache(maxsize=None)
+def allowed_globals() -> List:
+    """The globals beyond torch's defaults that mmengine checkpoints hold.
+
+    ``meta['message_hub']`` holds :class:`~mmengine.logging.HistoryBuffer`
+    objects: their logs are numpy arrays (``_reconstruct``, ``ndarray``,
+    ``dtype``), their latest values numpy scalars (``scalar``), and their
+    statistics methods are pickled as ``getattr(HistoryBuffer, 'min')``,
+    which is served by a ``getattr`` that allows only that lookup.
     """
     from mmengine.logging.history_buffer import HistoryBuffer
     multiarray = np._core.multiarray if hasattr(np, '_core') \
         else np.core.multiarray
-    dtype_classes = [type(np.dtype(t)) for t in np.sctypeDict.values()
-                     if isinstance(t, type)]
     return [
         HistoryBuffer,
         np.ndarray,
         np.dtype,
         multiarray._reconstruct,
         multiarray.scalar,
-        *sorted(set(dtype_classes), key=lambda c: c.__name__),
+        (_history_buffer_attribute, 'builtins.getattr'),
+        *numeric_dtype_classes(),
     ]
 
 
-_GLOBAL = re.compile(r'Unsupported global: GLOBAL ([\w.]+)')
+def numeric_dtype_classes() -> List[type]:
+    """The dtype classes of numpy's bool, integer and float types (the
+    arrays and scalars of a HistoryBuffer); object/void/str dtypes are not
+    allowed."""
+    kinds = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
+             np.uint16, np.uint32, np.uint64, np.float16, np.float32,
+             np.float64, np.longlong, np.ulonglong, np.longdouble]
+    return sorted({type(np.dtype(k)) for k in kinds},
+                  key=lambda c: c.__name__)
+
+
+def _global_name(entry) -> str:
+    if isinstance(entry, tuple):
+        return f'{entry[1]} (restricted)'
+    return f'{entry.__module__}.{entry.__qualname__}'
+
+
+_GLOBAL = re.compile(
+    r"unsupported (?:global: )?GLOBAL ([\w.]+)|but got <class '([\w.]+)'>",
+    re.IGNORECASE)
 
 
 def load_local_checkpoint(filename: str, map_location=None):
@@ -74,12 +108,13 @@ def load_local_checkpoint(filename: str, map_location=None):
                 filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = _GLOBAL.search(str(e))
-        what = f'the global {found.group(1)!r}' if found else \
+        what = f'the global {found.group(1) or found.group(2)!r}' if found \
+            else \
             'an object outside the allow-list'
         raise UnsafeCheckpointError(
             f'Refused to load checkpoint {filename!r}: it holds {what}, which '
             f'mmsk does not load (weights_only=True; allowed extra types: '
-            f'{[g.__module__ + "." + g.__name__ for g in allowed_globals()]}'
+            f'{[_global_name(g) for g in allowed_globals()]}'
             f'). Nothing in the file was run.') from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         raise CorruptCheckpointError(
