@@ -8,5 +8,5 @@ model = dict(
         type='ResNet_CIFAR',
         depth=18,
         in_channels=1,
-        stem_channels=32,
-        base_channels=32))
+        stem_channels=16,
+        base_channels=16))

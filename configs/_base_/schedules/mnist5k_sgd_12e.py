@@ -1,4 +1,4 @@
-# 8 epochs of SGD with a one-epoch warm-up and cosine decay: the budget of
+# 12 epochs of SGD with a one-epoch warm-up and cosine decay: the budget of
 # the built-in data set (about 5 minutes of training on 2 CPU cores).
 optim_wrapper = dict(
     optimizer=dict(
@@ -15,11 +15,11 @@ param_scheduler = [
         type='CosineAnnealingLR',
         by_epoch=True,
         begin=1,
-        end=8,
+        end=12,
         eta_min=1e-4,
         convert_to_iter_based=True),
 ]
-train_cfg = dict(by_epoch=True, max_epochs=8, val_interval=1)
+train_cfg = dict(by_epoch=True, max_epochs=12, val_interval=1)
 val_cfg = dict()
 test_cfg = dict()
 auto_scale_lr = dict(base_batch_size=64)

@@ -1,0 +1,34 @@
+"""Paper fidelity: params and FLOPs at 224x224 against the papers."""
+import pytest
+
+from conftest import ROOT, run_python
+
+
+@pytest.mark.parametrize('name', ['SKNet-50 (paper)'])
+def test_params_and_flops_within_2_percent(name):
+    from mmsk.utils.complexity import PAPER_FIGURES, complexity
+    cfg, params, flops, _ = PAPER_FIGURES[name]
+    got = complexity(cfg)
+    assert got['params'] == pytest.approx(params, rel=0.02)
+    assert got['flops'] == pytest.approx(flops, rel=0.02)
+
+
+@pytest.mark.parametrize('name', [
+    'SKNet-101 (paper)', 'SK-ResNet-50 (PytorchInsight)'
+])
+def test_params_within_2_percent(name):
+    from mmsk.utils.complexity import PAPER_FIGURES, complexity
+    cfg, params, _, _ = PAPER_FIGURES[name]
+    assert complexity(cfg, flops=False)['params'] == pytest.approx(
+        params, rel=0.02)
+
+
+def test_complexity_tool_writes_a_table(tmp_path):
+    out = tmp_path / 'table.md'
+    run_python(args=[
+        f'{ROOT}/tools/analysis_tools/complexity.py', '--names',
+        'SK-ResNet-50 (PytorchInsight)', '--out',
+        str(out)
+    ])
+    table = out.read_text()
+    assert '| SK-ResNet-50 (PytorchInsight) | 26.15 | 26.15 |' in table
