@@ -1,9 +1,12 @@
 """One parametrized suite over every backbone mmsk registers.
 
 Each entry is a small-width configuration of a registered backbone; the
-suite checks the OpenMMLab backbone contract on all of them. ``test_every_
-registered_backbone_is_covered`` fails when a backbone is added without an
-entry here.
+suite checks the OpenMMLab backbone contract on all of them. A backbone
+family (the ResNet-style stage builder, the inverted-residual network) is
+described once by an adapter: how to list its blocks and its frozen modules,
+its outputs' strides, its output-stride-8 settings and its invalid options.
+``test_every_registered_backbone_is_covered`` fails when a backbone is added
+without an entry and a family here.
 """
 import copy
 
@@ -13,7 +16,98 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from conftest import build_backbone
 
-SMALL = dict(stem_channels=8, base_channels=8)
+
+class ResNetFamily:
+    """:class:`~mmsk.models.backbones.resnet.ResNetStages` backbones."""
+
+    small = dict(stem_channels=8, base_channels=8)
+    all_outputs = (0, 1, 2, 3)
+    strides = (4, 8, 16, 32)
+    # output stride 8, and the output sizes it gives at 64x64
+    dilated = dict(strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4))
+    dilated_sizes = [16, 8, 8, 8]
+    zero_init = True
+    invalid = [
+        (dict(depth=7), KeyError, 'depth'),
+        (dict(out_indices=(4, )), ValueError, 'out_indices'),
+        (dict(frozen_stages=5), ValueError, 'frozen_stages'),
+        (dict(dilations=(1, 1, 0, 1)), ValueError, 'dilations'),
+        (dict(num_stages=5), ValueError, 'num_stages'),
+        (dict(style='tf'), ValueError, 'style'),
+        (dict(deep_stem=True, cifar_stem=True), ValueError, 'cifar_stem'),
+    ]
+
+    @staticmethod
+    def blocks(model):
+        return [b for name in model.res_layers for b in getattr(model, name)]
+
+    @staticmethod
+    def has_skip(block):
+        return True
+
+    @staticmethod
+    def frozen_modules(model, frozen_stages):
+        stem = [model.stem] if model.deep_stem else [model.conv1, model.norm1]
+        return stem + [
+            getattr(model, f'layer{i}') for i in range(1, frozen_stages + 1)
+        ]
+
+
+class InvertedResidualFamily:
+    """:class:`~mmsk.models.backbones.mobilenet_v2.InvertedResidualNet`."""
+
+    all_outputs = tuple(range(8))
+    strides = (2, 4, 8, 16, 16, 32, 32, 32)
+    dilated = dict(
+        strides=(1, 2, 2, 1, 1, 1, 1), dilations=(1, 1, 1, 2, 2, 4, 4))
+    dilated_sizes = [32, 16, 8, 8, 8, 8, 8, 8]
+    zero_init = False
+    invalid = [
+        (dict(arch='v9'), KeyError, 'arch'),
+        (dict(arch=[]), ValueError, 'arch'),
+        (dict(arch=[[6, 16, 1]]), ValueError, 'arch row 0'),
+        (dict(arch=[[1, 16, 1, 1], [6, 0, 2, 2]]), ValueError,
+         r'arch row 1 .*channels c'),
+        (dict(arch=[[1, 16, 1, 1], [-6, 24, 2, 2]]), ValueError,
+         r'arch row 1 .*expand ratio t'),
+        (dict(widen_factor=0), ValueError, 'widen_factor'),
+        (dict(depth_multiplier=-1), ValueError, 'depth_multiplier'),
+        (dict(stem_stride=0), ValueError, 'stem_stride'),
+        (dict(head_channels=0), ValueError, 'head_channels'),
+        (dict(out_indices=(8, )), ValueError, 'out_indices'),
+        (dict(frozen_stages=9), ValueError, 'frozen_stages'),
+        (dict(dilations=(1, 1, 1, 1, 1, 1, 0)), ValueError, 'dilations'),
+        (dict(dilation_mode='deeplab'), ValueError, 'dilation_mode'),
+        (dict(attn_cfg=dict(type='NoSuchAttention')), KeyError, 'attn_cfg'),
+    ]
+
+    @staticmethod
+    def blocks(model):
+        return [
+            b for name in model.stage_names if name.startswith('layer')
+            for b in getattr(model, name)
+        ]
+
+    @staticmethod
+    def has_skip(block):
+        return block.use_residual
+
+    @staticmethod
+    def frozen_modules(model, frozen_stages):
+        names = model.stage_names[:frozen_stages + 1]
+        return [getattr(model, name) for name in names]
+
+
+FAMILIES = {
+    'SKNet': ResNetFamily,
+    'SENet': ResNetFamily,
+    'MultiScaleResNet': ResNetFamily,
+    'InvertedResidualNet': InvertedResidualFamily,
+}
+
+SMALL = ResNetFamily.small
+TINY_IR = dict(type='InvertedResidualNet', widen_factor=0.25,
+               head_channels=64)
 
 # id -> config (small widths; 32x32 inputs)
 BACKBONES = {
@@ -43,9 +137,19 @@ BACKBONES = {
     'res2net26-4w8s-se8': dict(
         type='MultiScaleResNet', depth=26, scales=8, base_width=4,
         attn_cfg=dict(type='SEAttention', reduction=8), **SMALL),
+    'mobilenet-v2-w0.25': dict(TINY_IR),
+    'mobilenet-v2-110d-style': dict(
+        TINY_IR, depth_multiplier=1.2, fix_stem_head=True, stem_channels=8),
+    'se-mobilenet-v2': dict(
+        TINY_IR, attn_cfg=dict(type='SEAttention', reduction=4),
+        dilation_mode='timm'),
+    'sk-mobilenet-v2': dict(
+        TINY_IR, attn_cfg=dict(type='SKConv', min_channels=8)),
 }
 
-ALL_STAGES = (0, 1, 2, 3)
+
+def _family(name):
+    return FAMILIES[BACKBONES[name]['type']]
 
 
 def _cfg(name, **overrides):
@@ -54,35 +158,35 @@ def _cfg(name, **overrides):
     return cfg
 
 
-def _stage_strides(model):
-    return [4, 8, 16, 32][:model.num_stages]
-
-
 def test_every_registered_backbone_is_covered():
     import mmsk  # noqa: F401
-    from mmsk.models.backbones.resnet import ResNetStages
+    from mmpretrain.models.backbones.base_backbone import BaseBackbone
     from mmsk.registry import MODELS
     covered = {cfg['type'] for cfg in BACKBONES.values()}
     backbones = {
         name
         for name, cls in MODELS.module_dict.items()
-        if isinstance(cls, type) and issubclass(cls, ResNetStages)
+        if isinstance(cls, type) and issubclass(cls, BaseBackbone)
     }
+    assert 'InvertedResidualNet' in backbones and 'SKNet' in backbones
     assert backbones <= covered, f'no suite entry for {backbones - covered}'
+    assert backbones <= set(FAMILIES), \
+        f'no family adapter for {backbones - set(FAMILIES)}'
 
 
 @pytest.mark.parametrize('name', sorted(BACKBONES))
 def test_forward_shapes_and_channels(name):
-    model = build_backbone(_cfg(name, out_indices=ALL_STAGES)).eval()
+    family = _family(name)
+    model = build_backbone(_cfg(name, out_indices=family.all_outputs)).eval()
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         outs = model(x)
-    assert isinstance(outs, tuple) and len(outs) == 4
+    assert isinstance(outs, tuple) and len(outs) == len(family.all_outputs)
     for out, channels, stride in zip(outs, model.out_channels,
-                                     _stage_strides(model)):
+                                     family.strides):
         assert out.shape == (2, channels, 32 // stride, 32 // stride)
     assert model.feat_dim == model.out_channels[-1]
-    # negative indices count from the last stage, as in a Python sequence
+    # negative indices count from the last output, as in a Python sequence
     last = build_backbone(_cfg(name, out_indices=-1)).eval()
     last.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -91,7 +195,7 @@ def test_forward_shapes_and_channels(name):
 
 @pytest.mark.parametrize('name', sorted(BACKBONES))
 def test_every_parameter_gets_a_gradient(name):
-    model = build_backbone(_cfg(name, out_indices=ALL_STAGES))
+    model = build_backbone(_cfg(name, out_indices=_family(name).all_outputs))
     model.init_weights()
     model.train()
     outs = model(torch.rand(2, 3, 32, 32))
@@ -102,14 +206,26 @@ def test_every_parameter_gets_a_gradient(name):
 
 @pytest.mark.parametrize('name', sorted(BACKBONES))
 def test_frozen_stages_and_norm_eval(name):
+    family = _family(name)
+    # frozen_stages alone: weights and norm statistics of the frozen part
+    model = build_backbone(_cfg(name, frozen_stages=2)).train()
+    frozen = family.frozen_modules(model, 2)
+    for module in frozen:
+        assert not any(p.requires_grad for p in module.parameters())
+    norms = [
+        m for module in frozen for m in module.modules()
+        if isinstance(m, _BatchNorm)
+    ]
+    assert len(norms) > 2 and not any(m.training for m in norms)
+    frozen_ids = {id(m) for module in frozen for m in module.modules()}
+    assert all(p.requires_grad for p in model.layer3.parameters())
+    assert any(m.training for m in model.layer3.modules()
+               if isinstance(m, _BatchNorm))
+    assert all(p.requires_grad for m in model.modules()
+               if id(m) not in frozen_ids for p in m.parameters(False))
+    # with norm_eval every norm stays in eval mode
     model = build_backbone(_cfg(name, frozen_stages=2, norm_eval=True))
     model.train()
-    frozen = ['stem' if model.deep_stem else 'conv1', 'layer1', 'layer2']
-    for prefix in frozen:
-        module = getattr(model, prefix)
-        assert not any(p.requires_grad for p in module.parameters())
-        assert not module.training or prefix == 'conv1'
-    assert all(p.requires_grad for p in model.layer3.parameters())
     assert all(not m.training for m in model.modules()
                if isinstance(m, _BatchNorm))
     # running stats do not move in train mode with norm_eval
@@ -138,19 +254,27 @@ def test_with_cp_matches_plain_forward_and_backward(name):
 
 
 @pytest.mark.parametrize('name', sorted(BACKBONES))
-def test_drop_path_runs_in_every_block(name):
+def test_drop_path_runs_in_every_block_with_a_skip(name):
     from mmcv.cnn.bricks import DropPath
+    family = _family(name)
     model = build_backbone(_cfg(name, drop_path_rate=0.3))
-    blocks = [b for layer in model.res_layers for b in getattr(model, layer)]
-    rates = [b.drop_path.drop_prob for b in blocks[1:]]
-    assert rates == sorted(rates) and rates[-1] == pytest.approx(0.3)
-    assert all(isinstance(b.drop_path, DropPath) for b in blocks[1:])
+    blocks = family.blocks(model)
+    # linear rule over the block index, applied where the block has a skip
+    for i, b in enumerate(blocks):
+        rate = 0.3 * i / (len(blocks) - 1) if family.has_skip(b) else 0.0
+        if rate > 0:
+            assert isinstance(b.drop_path, DropPath)
+            assert b.drop_path.drop_prob == pytest.approx(rate, rel=1e-5)
+        else:
+            assert not isinstance(b.drop_path, DropPath)
+    drop_paths = [m for m in model.modules() if isinstance(m, DropPath)]
+    assert len(drop_paths) >= len(blocks) // 2
     calls = []
-    for b in blocks:
-        b.drop_path.register_forward_hook(lambda *a: calls.append(1))
+    for m in drop_paths:
+        m.register_forward_hook(lambda *a: calls.append(1))
     model.train()
     model(torch.rand(2, 3, 32, 32))
-    assert len(calls) == len(blocks)
+    assert len(calls) == len(drop_paths)
     # and it is stochastic in training, deterministic in eval
     model.eval()
     x = torch.rand(4, 3, 32, 32)
@@ -164,15 +288,17 @@ def test_drop_path_runs_in_every_block(name):
     assert not torch.allclose(a, b)
 
 
-@pytest.mark.parametrize('name', sorted(BACKBONES))
+@pytest.mark.parametrize(
+    'name', sorted(n for n in BACKBONES if _family(n).zero_init))
 def test_zero_init_residual(name):
+    family = _family(name)
     model = build_backbone(_cfg(name))
     model.init_weights()
-    blocks = [b for layer in model.res_layers for b in getattr(model, layer)]
+    blocks = family.blocks(model)
     assert all(torch.all(b.last_conv.norm.weight == 0) for b in blocks)
     model = build_backbone(_cfg(name, zero_init_residual=False))
     model.init_weights()
-    first = getattr(model, model.res_layers[0])[0]
+    first = family.blocks(model)[0]
     assert torch.all(first.last_conv.norm.weight == 1)
 
 
@@ -211,34 +337,35 @@ def test_act_and_norm_cfg_are_used(name):
                for m in se.modules()}
     acts = [m for m in model.modules() if id(m) not in se_acts]
     assert any(isinstance(m, torch.nn.SiLU) for m in acts)
-    assert not any(isinstance(m, torch.nn.ReLU) for m in acts)
+    assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6))
+                   for m in acts)
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     assert norms and all(m.eps == 1e-3 for m in norms)
     model.eval()
     model(torch.rand(1, 3, 32, 32))
 
 
-INVALID = [
-    (dict(depth=7), KeyError, 'depth'),
-    (dict(out_indices=(4, )), ValueError, 'out_indices'),
+# options every family checks; each family adds its own (``invalid``)
+COMMON_INVALID = [
+    (dict(out_indices=(99, )), ValueError, 'out_indices'),
     (dict(out_indices=()), ValueError, 'out_indices'),
-    (dict(frozen_stages=5), ValueError, 'frozen_stages'),
+    (dict(frozen_stages=99), ValueError, 'frozen_stages'),
     (dict(strides=(1, 2)), ValueError, 'strides'),
-    (dict(dilations=(1, 1, 0, 1)), ValueError, 'dilations'),
-    (dict(num_stages=5), ValueError, 'num_stages'),
-    (dict(style='tf'), ValueError, 'style'),
     (dict(drop_path_rate=1.5), ValueError, 'drop_path_rate'),
     (dict(norm_cfg='BN'), ValueError, 'norm_cfg'),
     (dict(act_cfg=dict(inplace=True)), ValueError, 'act_cfg'),
     (dict(in_channels=0), ValueError, 'in_channels'),
-    (dict(deep_stem=True, cifar_stem=True), ValueError, 'cifar_stem'),
     (dict(attn_cfg='se'), ValueError, 'attn_cfg'),
+]
+INVALID = [
+    pytest.param(name, bad, error, word, id=f'{name}-{i}-{word}')
+    for name in sorted(BACKBONES)
+    for i, (bad, error, word) in enumerate(COMMON_INVALID +
+                                           _family(name).invalid)
 ]
 
 
-@pytest.mark.parametrize('name', sorted(BACKBONES))
-@pytest.mark.parametrize('bad,error,word', INVALID,
-                         ids=[w for _, _, w in INVALID])
+@pytest.mark.parametrize('name,bad,error,word', INVALID)
 def test_invalid_options_name_the_option(name, bad, error, word):
     with pytest.raises(error, match=word):
         build_backbone(_cfg(name, **bad))
@@ -246,12 +373,9 @@ def test_invalid_options_name_the_option(name, bad, error, word):
 
 @pytest.mark.parametrize('name', sorted(BACKBONES))
 def test_dilated_output_stride_8(name):
+    family = _family(name)
     model = build_backbone(
-        _cfg(
-            name,
-            strides=(1, 2, 1, 1),
-            dilations=(1, 1, 2, 4),
-            out_indices=ALL_STAGES)).eval()
+        _cfg(name, out_indices=family.all_outputs, **family.dilated)).eval()
     with torch.no_grad():
         outs = model(torch.rand(1, 3, 64, 64))
-    assert [o.shape[-1] for o in outs] == [16, 8, 8, 8]
+    assert [o.shape[-1] for o in outs] == family.dilated_sizes

@@ -1,0 +1,177 @@
+"""Focused tests of the inverted-residual block and network (the shared
+backbone contract is checked by tests/test_backbones.py)."""
+import pytest
+import torch
+
+from conftest import build_backbone
+
+TINY = dict(type='InvertedResidualNet', widen_factor=0.25, head_channels=64)
+# output stride 8 for the MobileNetV2 table
+OS8 = dict(strides=(1, 2, 2, 1, 1, 1, 1), dilations=(1, 1, 1, 2, 2, 4, 4))
+
+
+def _blocks(model):
+    return [
+        b for name in model.stage_names if name.startswith('layer')
+        for b in getattr(model, name)
+    ]
+
+
+def test_default_table_matches_torchvision_block_by_block():
+    import torchvision
+    ref = torchvision.models.mobilenet_v2()
+    model = build_backbone(dict(type='InvertedResidualNet'))
+    ref_blocks = list(ref.features)[1:-1]
+    blocks = _blocks(model)
+    assert len(blocks) == len(ref_blocks)
+    for ours, theirs in zip(blocks, ref_blocks):
+        assert ours.stride == theirs.stride
+        assert ours.use_residual == theirs.use_res_connect
+        assert ours.out_channels == theirs.out_channels
+        assert (ours.expand is None) == (len(theirs.conv) == 3)
+    assert model.out_channels[-1] == ref.last_channel
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in ref.features.parameters())
+
+
+def test_skip_only_at_stride_1_and_same_channels():
+    from mmsk.models import InvertedResidualBlock
+    x = torch.rand(1, 16, 8, 8)
+    same = InvertedResidualBlock(16, 16, expand_ratio=2)
+    wider = InvertedResidualBlock(16, 24, expand_ratio=2)
+    strided = InvertedResidualBlock(16, 16, expand_ratio=2, stride=2)
+    assert same.use_residual
+    assert not wider.use_residual and not strided.use_residual
+    # with a zero projection the block is the identity iff it has the skip
+    for block in (same, wider, strided):
+        torch.nn.init.zeros_(block.project.bn.weight)
+        torch.nn.init.zeros_(block.project.bn.bias)
+        block.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), x)
+        assert not wider(x).any() and not strided(x).any()
+    assert strided(x).shape == (1, 16, 4, 4)
+    assert same.expand is not None and same.hidden_channels == 32
+    assert InvertedResidualBlock(16, 16, expand_ratio=1).expand is None
+
+
+def test_custom_table_and_its_errors():
+    arch = [[1, 8, 1, 1], [4, 16, 2, 2], [4, 24, 1, 2]]
+    model = build_backbone(
+        dict(type='InvertedResidualNet', arch=arch, head_channels=32,
+             out_indices=(0, 1, 2, 3))).eval()
+    with torch.no_grad():
+        outs = model(torch.rand(1, 3, 32, 32))
+    assert [tuple(o.shape[1:]) for o in outs] == [(8, 16, 16), (16, 8, 8),
+                                                  (24, 4, 4), (32, 4, 4)]
+    assert [len(getattr(model, f'layer{i}')) for i in (1, 2, 3)] == [1, 2, 1]
+    bad = [[1, 8, 1, 1], [4, 16, 2, 2], [4, 24, 1, 0]]
+    with pytest.raises(ValueError, match=r'arch row 2 .*stride s'):
+        build_backbone(dict(type='InvertedResidualNet', arch=bad))
+    with pytest.raises(ValueError, match=r'arch row 1 .*repeats n'):
+        build_backbone(
+            dict(type='InvertedResidualNet', arch=[[1, 8, 1, 1],
+                                                   [4, 16, 1.5, 2]]))
+
+
+def test_depth_multiplier_and_fixed_stem_head():
+    model = build_backbone(
+        dict(TINY, depth_multiplier=1.4, fix_stem_head=True,
+             stem_channels=32))
+    # ceil(n * 1.4) except the first and last rows
+    assert [len(getattr(model, f'layer{i}')) for i in range(1, 8)] == \
+        [1, 3, 5, 6, 5, 5, 1]
+    assert model.conv1.conv.out_channels == 32
+    assert model.conv2.conv.out_channels == 64
+    widened = build_backbone(dict(TINY, widen_factor=2.0))
+    assert widened.conv1.conv.out_channels == 64
+    assert widened.conv2.conv.out_channels == 128
+
+
+def test_attention_slot_se_after_depthwise_and_sk_in_its_place():
+    from mmsk.models.layers import SEAttention, SKConv
+    se = build_backbone(
+        dict(TINY, attn_cfg=dict(type='SEAttention', reduction=4)))
+    block = se.layer2[0]
+    assert isinstance(block.attn, SEAttention)
+    assert block.attn.in_channels == block.hidden_channels
+    order = []
+    for name in ('expand', 'depthwise', 'attn', 'project'):
+        getattr(block, name).register_forward_hook(
+            lambda *a, name=name: order.append(name))
+    se.eval()
+    se(torch.rand(1, 3, 32, 32))
+    assert order == ['expand', 'depthwise', 'attn', 'project']
+
+    sk = build_backbone(dict(TINY, attn_cfg=dict(type='SKConv'), **OS8))
+    for block in _blocks(sk):
+        assert isinstance(block.depthwise, SKConv) and block.attn is None
+        for path in block.depthwise.paths:
+            assert path.conv.groups == block.hidden_channels
+            assert path.conv.stride == (block.stride, block.stride)
+    # the row's dilation multiplies the SK branches' own (1 and 2)
+    assert [p.conv.dilation[0] for p in sk.layer6[0].depthwise.paths] == \
+        [4, 8]
+
+
+def test_with_cp_is_non_reentrant(monkeypatch):
+    import mmsk.models.backbones.mobilenet_v2 as module
+    calls = []
+    real = module.cp.checkpoint
+
+    def spy(fn, *args, **kwargs):
+        calls.append(kwargs.get('use_reentrant'))
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(module.cp, 'checkpoint', spy)
+    model = build_backbone(dict(TINY, with_cp=True)).train()
+    model(torch.rand(2, 3, 32, 32, requires_grad=True))[0].sum().backward()
+    assert len(calls) == len(_blocks(model))
+    assert set(calls) == {False}
+
+
+def test_block_dilations_of_both_modes():
+    mmseg = build_backbone(dict(TINY, dilation_mode='mmseg', **OS8))
+    timm = build_backbone(dict(TINY, dilation_mode='timm', **OS8))
+
+    def dilations(model):
+        return [[b.dilation for b in getattr(model, f'layer{i}')]
+                for i in range(4, 8)]
+
+    # mmseg: the row's dilation on its first block only
+    assert dilations(mmseg) == [[2, 1, 1, 1], [2, 1, 1], [4, 1, 1], [4]]
+    # timm: the first block keeps the previous row's dilation
+    assert dilations(timm) == [[1, 2, 2, 2], [2, 2, 2], [2, 4, 4], [4]]
+
+
+def _field_extent(model, size=192):
+    """Rows of the input that reach the centre of the last output."""
+    model.init_weights()
+    model.eval()
+    x = torch.rand(1, 3, size, size, requires_grad=True)
+    out = model(x)[-1]
+    centre = out.shape[-1] // 2
+    out[0, :, centre, centre].sum().backward()
+    rows = (x.grad[0].abs().sum((0, 2)) > 0).nonzero().flatten()
+    return out.shape[-1], int(rows.max() - rows.min() + 1)
+
+
+def test_output_stride_8_keeps_resolution_and_widens_the_field():
+    # LeakyReLU: no dead units, so the gradient support is the whole field
+    cfg = dict(TINY, out_indices=(3, ), act_cfg=dict(type='LeakyReLU'))
+    plain = build_backbone(dict(cfg, strides=OS8['strides']))
+    mmseg = build_backbone(dict(cfg, dilation_mode='mmseg', **OS8))
+    timm = build_backbone(dict(cfg, dilation_mode='timm', **OS8))
+    strided = build_backbone(cfg)
+    size_plain, field_plain = _field_extent(plain)
+    size_mmseg, field_mmseg = _field_extent(mmseg)
+    size_timm, field_timm = _field_extent(timm)
+    size_strided, field_strided = _field_extent(strided)
+    # output stride 8: 1/8 of 192 instead of 1/16
+    assert size_plain == size_mmseg == size_timm == 192 // 8
+    assert size_strided == 192 // 16
+    # dilation makes up for the removed stride: pixels that the undilated
+    # stride-8 network never sees reach the centre with dilation; timm's
+    # mode gives back exactly the field of the stride-16 network
+    assert field_plain < field_mmseg < field_timm
+    assert field_timm == field_strided
