@@ -13,6 +13,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from mmsk.checkpoint import load_local_checkpoint
+from .mobilenet import TIMM_MOBILENETV2_MODELS, convert_timm_mobilenetv2
 
 
 def _resnet(**backbone):
@@ -40,6 +41,8 @@ TIMM_MODELS: Dict[str, dict] = {
         sk_form='paper',
         sk_cfg=dict(divisor=32, min_channels=32)),
 }
+# MobileNetV2 family (timm/models/efficientnet.py), renamed by .mobilenet
+TIMM_MODELS.update(TIMM_MOBILENETV2_MODELS)
 
 
 def supported_models():
@@ -81,6 +84,8 @@ def _rename(key: str, rules) -> str:
 def convert_state_dict(model_name: str, state_dict: dict) -> dict:
     """Rename a timm state dict to the mmsk classifier's keys."""
     entry = _entry(model_name)
+    if entry['rules'] == 'mobilenetv2':
+        return convert_timm_mobilenetv2(state_dict)
     backbone = entry['backbone']
     rules = _stem_rules(backbone.get('deep_stem', False)) + \
         _RESNET_BLOCK_RULES
@@ -151,9 +156,9 @@ def convert_checkpoint(model_name: str,
     state_dict = _unwrap(load_local_checkpoint(src, map_location='cpu'))
     if not isinstance(state_dict, dict) or not state_dict:
         raise ValueError(f'{src} holds no state dict')
-    num_classes = state_dict['fc.weight'].shape[0] if 'fc.weight' in \
-        state_dict else 1000
     converted = convert_state_dict(model_name, state_dict)
+    num_classes = converted['head.fc.weight'].shape[0] if \
+        'head.fc.weight' in converted else 1000
     cfg_text = classifier_config(model_name, num_classes)
     _check_keys(cfg_text, converted, model_name)
     torch.save(
