@@ -1,8 +1,8 @@
 from .attention import ChannelAttention, SEAttention, reduced_channels
 from .res2 import Res2Conv
-from .selective_kernel import SK_FORMS, SKConv, sk_form
+from .selective_kernel import SK_FORMS, SKAttention, SKConv, sk_form
 
 __all__ = [
     'ChannelAttention', 'SEAttention', 'reduced_channels', 'Res2Conv',
-    'SK_FORMS', 'SKConv', 'sk_form'
+    'SK_FORMS', 'SKAttention', 'SKConv', 'sk_form'
 ]

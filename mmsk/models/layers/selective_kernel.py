@@ -183,3 +183,51 @@ class SKConv(BaseModule):
             [path(xi) for path, xi in zip(self.paths, inputs)], dim=1)
         weights = self.attn(feats.sum(dim=1))
         return (feats * weights).sum(dim=1)
+
+
+# SKAttention's ``sk_form`` argument shadows the function inside __init__.
+_form_kwargs = sk_form
+
+
+@register_model
+class SKAttention(SKConv):
+    """A Selective Kernel unit that keeps its input's shape: a plug-in.
+
+    :class:`SKConv` with ``out_channels = in_channels`` and stride 1, built
+    from ``in_channels`` alone, so mmcv's ``build_plugin_layer`` can insert it
+    wherever it inserts SE (it is named ``sk_attention`` there), e.g. after
+    the 3x3 of mmdet's ResNet bottlenecks::
+
+        plugins=[dict(cfg=dict(type='mmsk.SKAttention'),
+                      stages=(False, True, True, True),
+                      position='after_conv2')]
+
+    Args:
+        in_channels (int): Input = output channels.
+        sk_form (str): Preset of :data:`SK_FORMS`. Defaults to ``'paper'``.
+        groups (int): Groups of the branch convs that do not set their own
+            (the paper's cardinality, 32). Defaults to 32.
+        **kwargs: Overrides of the form's :class:`SKConv` arguments
+            (``branches``, ``reduction``, ``min_channels``, ``divisor``,
+            ``split_input``, ``dilation``, ``conv_cfg``, ``norm_cfg``,
+            ``act_cfg``).
+
+    Example:
+        >>> sk = SKAttention(64)
+        >>> sk(torch.rand(2, 64, 16, 16)).shape
+        torch.Size([2, 64, 16, 16])
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 sk_form: str = 'paper',
+                 groups: int = 32,
+                 **kwargs):
+        for key in ('out_channels', 'stride'):
+            if key in kwargs:
+                raise ValueError(f'SKAttention keeps the shape of its input '
+                                 f'and takes no {key}; use SKConv instead')
+        super().__init__(
+            in_channels, in_channels, groups=groups,
+            **_form_kwargs(sk_form, **kwargs))
+
