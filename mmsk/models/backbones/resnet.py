@@ -31,6 +31,7 @@ from torch import nn
 from mmsk.registry import MODELS
 from mmsk.utils import (check_choice, check_positive_int, check_sequence,
                         check_unit_interval)
+from .pretrained import check_pretrained, pretrained_cfg
 
 
 def _build_attn(attn_cfg: Optional[dict], channels: int):
@@ -39,7 +40,11 @@ def _build_attn(attn_cfg: Optional[dict], channels: int):
     if not isinstance(attn_cfg, dict) or 'type' not in attn_cfg:
         raise ValueError(f'attn_cfg must be None or a dict with a "type", '
                          f'got {attn_cfg!r}')
-    return MODELS.build(dict(attn_cfg, in_channels=channels))
+    # Unscoped names are mmsk's, also when mmdet/mmseg (default scope mmdet
+    # or mmseg) build an mmsk backbone.
+    return MODELS.build(
+        dict(attn_cfg, in_channels=channels,
+             _scope_=attn_cfg.get('_scope_', 'mmsk')))
 
 
 class _ResidualBlock(BaseModule):
@@ -527,10 +532,13 @@ class ResNetStages(ResNet):
 
     def init_weights(self):
         # BaseModule's init (init_cfg, incl. Pretrained with prefix), then
-        # the blocks' own zero-init instead of ResNet's class checks.
+        # the blocks' own zero-init instead of ResNet's class checks. A
+        # Pretrained checkpoint must cover the whole backbone, and once
+        # loaded (alone or in a list of init_cfgs) it is not zeroed.
+        if not self._is_init:
+            check_pretrained(self, self.init_cfg)
         super(ResNet, self).init_weights()
-        if isinstance(self.init_cfg, dict) and \
-                self.init_cfg.get('type') == 'Pretrained':
+        if pretrained_cfg(self.init_cfg) is not None:
             return
         if self.zero_init_residual:
             for m in self.modules():
