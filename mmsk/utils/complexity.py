@@ -18,6 +18,9 @@ PAPER_FIGURES: Dict[str, tuple] = {
     'SK-ResNet-50 (PytorchInsight)':
     (dict(type='SKNet', depth=50, sk_form='pytorchinsight'), 26.15e6, None,
      'PytorchInsight README'),
+    'MobileNetV2 1.0':
+    (dict(type='InvertedResidualNet'), 3.50e6, 0.31e9,
+     'mmpretrain MobileNetV2 README (paper, Table 4: 3.4M, 300M)'),
 }
 
 
