@@ -7,8 +7,10 @@ builder plus a block. A block honours one contract:
 - ``conv1`` / ``conv2`` (/ ``conv3``) whose spatial conv is built by a hook
   (``make_conv1`` for the basic block, ``make_conv2`` for the bottleneck),
   which is all an SK or Res2Net block overrides;
-- an attention slot ``attn`` (``attn_cfg``, e.g. SE) after the last conv,
-  stochastic depth (``drop_path_rate``), non-reentrant checkpointing
+- an attention slot ``attn`` (``attn_cfg``, e.g. SE) after the last conv
+  (``attn_position='last'``) or after the spatial conv (``'mid'``),
+  anti-aliased downsampling (``aa_downsample``), stochastic depth
+  (``drop_path_rate``), non-reentrant checkpointing
   (``with_cp``), and ``zero_init_last()``.
 
 The backbone subclasses mmpretrain's :class:`~mmpretrain.models.ResNet`, so
@@ -56,11 +58,30 @@ class _ResidualBlock(BaseModule):
                    act_cfg, with_cp):
         check_unit_interval('drop_path_rate', drop_path_rate)
         self.downsample = downsample
-        self.attn = _build_attn(attn_cfg, out_channels)
+        self.attn = _build_attn(attn_cfg, out_channels) \
+            if self.attn_position == 'last' else None
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 \
             else nn.Identity()
         self.act = build_activation_layer(act_cfg)
         self.with_cp = with_cp
+
+    def _init_head(self, stride, style, attn_position, aa_downsample):
+        """Checks the options shared by both shapes; returns the stride of
+        the spatial conv."""
+        check_choice('style', style, ('pytorch', 'caffe'))
+        check_choice('attn_position', attn_position, ('last', 'mid'))
+        if not isinstance(aa_downsample, bool):
+            raise ValueError(f'aa_downsample must be a bool, got '
+                             f'{aa_downsample!r}')
+        if aa_downsample and style == 'caffe':
+            raise ValueError('aa_downsample needs style="pytorch" (the '
+                             'stride is on the spatial conv)')
+        self.attn_position = attn_position
+        use_aa = aa_downsample and stride > 1
+        # timm's aa_layer=nn.AvgPool2d: the spatial conv runs at stride 1,
+        # then a stride x stride average pool downsamples.
+        self.aa = nn.AvgPool2d(stride) if use_aa else nn.Identity()
+        return 1 if use_aa else stride
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -106,6 +127,12 @@ class BasicBlock(_ResidualBlock):
             neutral for the basic block.
         attn_cfg (dict, optional): Attention after the last conv, built with
             ``in_channels=out_channels`` (e.g. ``dict(type='SEAttention')``).
+        attn_position (str): ``'last'`` (after the last conv, before the
+            sum; SENet) or ``'mid'`` (after the spatial conv, on the middle
+            channels; bottleneck only). Defaults to ``'last'``.
+        aa_downsample (bool): Anti-aliased downsampling: the strided conv
+            runs at stride 1 and a ``stride x stride`` average pool follows
+            it (timm's ``aa_layer=nn.AvgPool2d``). Defaults to False.
         with_cp (bool): Non-reentrant gradient checkpointing.
         conv_cfg, norm_cfg, act_cfg (dict): Layer configs.
         drop_path_rate (float): Stochastic depth rate of the residual.
@@ -126,6 +153,8 @@ class BasicBlock(_ResidualBlock):
                  width_per_group: Optional[int] = None,
                  base_channels: int = 64,
                  attn_cfg: Optional[dict] = None,
+                 attn_position: str = 'last',
+                 aa_downsample: bool = False,
                  with_cp: bool = False,
                  conv_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN'),
@@ -143,6 +172,12 @@ class BasicBlock(_ResidualBlock):
         if out_channels % expansion:
             raise ValueError(f'out_channels ({out_channels}) must be '
                              f'divisible by expansion ({expansion})')
+        if attn_position != 'last':
+            raise ValueError(f'{type(self).__name__} supports '
+                             f'attn_position="last" only, got '
+                             f'{attn_position!r}')
+        conv1_stride = self._init_head(stride, style, attn_position,
+                                       aa_downsample)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.expansion = expansion
@@ -152,7 +187,7 @@ class BasicBlock(_ResidualBlock):
         self.conv1 = self.make_conv1(
             in_channels,
             self.mid_channels,
-            stride=stride,
+            stride=conv1_stride,
             dilation=dilation,
             conv_cfg=conv_cfg,
             norm_cfg=norm_cfg,
@@ -187,7 +222,7 @@ class BasicBlock(_ResidualBlock):
         return self.conv2
 
     def residual(self, x):
-        return self.conv2(self.conv1(x))
+        return self.conv2(self.aa(self.conv1(x)))
 
 
 class Bottleneck(_ResidualBlock):
@@ -204,6 +239,12 @@ class Bottleneck(_ResidualBlock):
         width_per_group (int, optional): Width per group at ``base_channels``
             planes. Defaults to ``base_channels``.
         conv2_cfg (dict, optional): Extra arguments for ``make_conv2``.
+        attn_position (str): ``'last'`` (after ``conv3``) or ``'mid'``
+            (after ``conv2``, on the middle channels; timm's byobnet SE).
+        channels_per_group (int, optional): Fixed width of a group of the
+            spatial conv: ``groups = mid_channels / channels_per_group`` in
+            every stage (timm's byobnet ``gs``), instead of a fixed
+            ``groups``. Defaults to None.
         Others: as :class:`BasicBlock`.
     """
 
@@ -221,15 +262,24 @@ class Bottleneck(_ResidualBlock):
                  width_per_group: Optional[int] = None,
                  base_channels: int = 64,
                  attn_cfg: Optional[dict] = None,
+                 attn_position: str = 'last',
+                 aa_downsample: bool = False,
                  with_cp: bool = False,
                  conv_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: dict = dict(type='ReLU'),
                  drop_path_rate: float = 0.0,
                  conv2_cfg: Optional[dict] = None,
+                 channels_per_group: Optional[int] = None,
                  init_cfg=None):
         super().__init__(init_cfg)
-        check_choice('style', style, ('pytorch', 'caffe'))
+        spatial_stride = self._init_head(stride, style, attn_position,
+                                         aa_downsample)
+        if channels_per_group is not None:
+            check_positive_int('channels_per_group', channels_per_group)
+            if groups != 1:
+                raise ValueError(f'channels_per_group and groups={groups} '
+                                 f'are exclusive')
         check_positive_int('groups', groups)
         if width_per_group is None:
             width_per_group = base_channels
@@ -247,10 +297,16 @@ class Bottleneck(_ResidualBlock):
             raise ValueError(
                 f'width_per_group={width_per_group} with base_channels='
                 f'{base_channels} leaves no middle channels')
+        if channels_per_group is not None:
+            if self.mid_channels % channels_per_group:
+                raise ValueError(
+                    f'channels_per_group ({channels_per_group}) must divide '
+                    f'the middle channels ({self.mid_channels})')
+            groups = self.mid_channels // channels_per_group
         self.stride = stride
         self.dilation = dilation
-        conv1_stride, conv2_stride = (1, stride) if style == 'pytorch' \
-            else (stride, 1)
+        conv1_stride, conv2_stride = (1, spatial_stride) \
+            if style == 'pytorch' else (stride, 1)
         layer_cfg = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg)
         self.conv1 = ConvModule(
             in_channels,
@@ -272,6 +328,8 @@ class Bottleneck(_ResidualBlock):
             self.mid_channels, out_channels, 1, act_cfg=None, **layer_cfg)
         self._init_tail(out_channels, downsample, attn_cfg, drop_path_rate,
                         act_cfg, with_cp)
+        self.mid_attn = _build_attn(attn_cfg, self.mid_channels) \
+            if attn_position == 'mid' else None
 
     def make_conv2(self, channels, stride, dilation, groups, stage_first,
                    **kwargs) -> nn.Module:
@@ -294,7 +352,10 @@ class Bottleneck(_ResidualBlock):
         return self.conv3
 
     def residual(self, x):
-        return self.conv3(self.conv2(self.conv1(x)))
+        out = self.conv2(self.conv1(x))
+        if self.mid_attn is not None:
+            out = self.mid_attn(out)
+        return self.conv3(self.aa(out))
 
 
 class ResLayer(Sequential):
@@ -380,6 +441,24 @@ class ResNetStages(ResNet):
     ``attn_cfg`` (attention slot of every block), ``act_cfg``, ``cifar_stem``
     (3x3 stride-1 stem without max-pool, for small images), and checks every
     option, raising ``ValueError``/``KeyError`` that name it.
+
+    Stem and downsampling options (the ResNet-C/D/T tricks):
+
+    - ``deep_stem``: three 3x3 convs of widths ``deep_stem_channels`` (two
+      ints; default ``stem_channels // 2`` twice) and ``stem_channels``;
+      ``deep_stem_channels=(24, 32)`` with ``stem_channels=64`` is timm's
+      tiered stem (the ``t`` models).
+    - ``avg_down``: average-pooled projection shortcuts.
+    - ``aa_downsample``: anti-aliased downsampling; every strided conv of the
+      blocks runs at stride 1 followed by an average pool, and the stem's
+      max-pool is a 2x2 average pool (timm's ``aa`` models).
+    - ``stem_pool``: ``'max'`` (3x3 stride-2 max-pool) or ``'none'`` (the
+      deep stem's last conv strides instead; timm's ``33ts``).
+
+    Width options: ``stage_channels`` gives each stage's output channels
+    (default ``base_channels * expansion * 2**i``); ``final_conv_channels``
+    ends the last stage with a 1x1 conv + norm + act to that width (timm's
+    byobnet ``num_features``).
     """
 
     arch_settings: dict = {}
@@ -396,8 +475,13 @@ class ResNetStages(ResNet):
                  out_indices: Union[int, Sequence[int]] = (3, ),
                  style: str = 'pytorch',
                  deep_stem: bool = False,
+                 deep_stem_channels: Optional[Sequence[int]] = None,
                  cifar_stem: bool = False,
                  avg_down: bool = False,
+                 aa_downsample: bool = False,
+                 stem_pool: str = 'max',
+                 stage_channels: Optional[Sequence[int]] = None,
+                 final_conv_channels: Optional[int] = None,
                  frozen_stages: int = -1,
                  groups: int = 1,
                  width_per_group: Optional[int] = None,
@@ -446,9 +530,37 @@ class ResNetStages(ResNet):
         check_choice('style', style, ('pytorch', 'caffe'))
         if deep_stem and cifar_stem:
             raise ValueError('deep_stem and cifar_stem are exclusive')
-        if deep_stem and stem_channels % 2:
-            raise ValueError(f'deep_stem needs an even stem_channels, got '
-                             f'{stem_channels}')
+        if deep_stem_channels is None:
+            if deep_stem and stem_channels % 2:
+                raise ValueError(f'deep_stem needs an even stem_channels, '
+                                 f'got {stem_channels}')
+            deep_stem_channels = (stem_channels // 2, ) * 2
+        else:
+            if not deep_stem:
+                raise ValueError('deep_stem_channels needs deep_stem=True')
+            check_sequence('deep_stem_channels', deep_stem_channels, 2)
+            for v in deep_stem_channels:
+                check_positive_int('deep_stem_channels[i]', v)
+        if not isinstance(aa_downsample, bool):
+            raise ValueError(f'aa_downsample must be a bool, got '
+                             f'{aa_downsample!r}')
+        if aa_downsample and cifar_stem:
+            raise ValueError('aa_downsample and cifar_stem are exclusive '
+                             '(the CIFAR stem does not downsample)')
+        check_choice('stem_pool', stem_pool, ('max', 'none'))
+        if stem_pool == 'none' and not deep_stem:
+            raise ValueError('stem_pool="none" needs deep_stem=True (its last '
+                             'conv takes the stride)')
+        if stem_pool == 'none' and aa_downsample:
+            raise ValueError('stem_pool="none" and aa_downsample are '
+                             'exclusive')
+        if stage_channels is not None:
+            check_sequence('stage_channels', stage_channels, num_stages)
+            for v in stage_channels:
+                check_positive_int('stage_channels[i]', v)
+            stage_channels = tuple(stage_channels)
+        if final_conv_channels is not None:
+            check_positive_int('final_conv_channels', final_conv_channels)
         if not isinstance(frozen_stages, Integral) or \
                 not -1 <= frozen_stages <= num_stages:
             raise ValueError(f'frozen_stages must be in [-1, {num_stages}], '
@@ -464,6 +576,12 @@ class ResNetStages(ResNet):
         # Read by the stem and stage hooks that ResNet.__init__ calls.
         self.act_cfg = act_cfg
         self.cifar_stem = cifar_stem
+        self.deep_stem_channels = tuple(deep_stem_channels)
+        self.aa_downsample = aa_downsample
+        self.stem_pool = stem_pool
+        self.stage_channels = stage_channels
+        if aa_downsample:
+            block_cfg['aa_downsample'] = True
         self._block_kwargs = dict(
             groups=groups,
             width_per_group=width_per_group,
@@ -492,10 +610,28 @@ class ResNetStages(ResNet):
             zero_init_residual=zero_init_residual,
             init_cfg=init_cfg,
             drop_path_rate=drop_path_rate)
+        if final_conv_channels is not None:
+            last = getattr(self, self.res_layers[-1])
+            last.append(
+                ConvModule(
+                    last[-1].out_channels,
+                    final_conv_channels,
+                    1,
+                    conv_cfg=conv_cfg,
+                    norm_cfg=norm_cfg,
+                    act_cfg=act_cfg))
+            self.feat_dim = final_conv_channels
+            # ResNet froze the stages before the conv was appended
+            self._freeze_stages()
         self.out_channels = tuple(
             getattr(self, name)[-1].out_channels for name in self.res_layers)
 
     def make_res_layer(self, **kwargs):
+        if self.stage_channels is not None:
+            index = len(self.res_layers)  # ResNet appends after each call
+            if index:
+                kwargs['in_channels'] = self.stage_channels[index - 1]
+            kwargs['out_channels'] = self.stage_channels[index]
         return ResLayer(**kwargs, **self._block_kwargs)
 
     def _make_stem_layer(self, in_channels, stem_channels):
@@ -503,11 +639,13 @@ class ResNetStages(ResNet):
             conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg,
             act_cfg=self.act_cfg)
         if self.deep_stem:
-            half = stem_channels // 2
+            first, second = self.deep_stem_channels
+            last_stride = 2 if self.stem_pool == 'none' else 1
             self.stem = nn.Sequential(
-                ConvModule(in_channels, half, 3, 2, 1, **layer_cfg),
-                ConvModule(half, half, 3, 1, 1, **layer_cfg),
-                ConvModule(half, stem_channels, 3, 1, 1, **layer_cfg))
+                ConvModule(in_channels, first, 3, 2, 1, **layer_cfg),
+                ConvModule(first, second, 3, 1, 1, **layer_cfg),
+                ConvModule(second, stem_channels, 3, last_stride, 1,
+                           **layer_cfg))
         else:
             kernel, stride = (3, 1) if self.cifar_stem else (7, 2)
             self.conv1 = build_conv_layer(
@@ -522,8 +660,12 @@ class ResNetStages(ResNet):
                 self.norm_cfg, stem_channels, postfix=1)
             self.add_module(self.norm1_name, norm1)
             self.relu = build_activation_layer(self.act_cfg)
-        self.maxpool = nn.Identity() if self.cifar_stem else nn.MaxPool2d(
-            kernel_size=3, stride=2, padding=1)
+        if self.cifar_stem or self.stem_pool == 'none':
+            self.maxpool = nn.Identity()
+        elif self.aa_downsample:
+            self.maxpool = nn.AvgPool2d(2)
+        else:
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
     def train(self, mode: bool = True):
         # mmpretrain's ResNet.train returns None; nn.Module's returns self.

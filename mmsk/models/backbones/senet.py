@@ -42,7 +42,7 @@ class SENet(ResNetStages):
     width_per_group=4``).
 
     Args:
-        depth (int): 18, 26, 34, 50, 101, 152, 200 or 269.
+        depth (int): 18, 26, 33, 34, 50, 101, 152, 200, 201 or 269.
         se_cfg (dict, optional): :class:`~mmsk.models.layers.SEAttention`
             arguments: ``reduction`` (16), ``divisor`` (8), ``act_cfg``,
             ``gate_cfg``. Defaults to None.
@@ -59,10 +59,12 @@ class SENet(ResNetStages):
         18: (SEBasicBlock, (2, 2, 2, 2)),
         34: (SEBasicBlock, (3, 4, 6, 3)),
         26: (SEBottleneck, (2, 2, 2, 2)),
+        33: (SEBottleneck, (2, 3, 3, 2)),  # timm's seresnet33ts
         50: (SEBottleneck, (3, 4, 6, 3)),
         101: (SEBottleneck, (3, 4, 23, 3)),
         152: (SEBottleneck, (3, 8, 36, 3)),
         200: (SEBottleneck, (3, 24, 36, 3)),
+        201: (SEBottleneck, (3, 24, 36, 4)),  # timm's seresnextaa201d
         269: (SEBottleneck, (3, 30, 48, 8)),
     }
 
