@@ -44,6 +44,87 @@ TIMM_MODELS: Dict[str, dict] = {
 # MobileNetV2 family (timm/models/efficientnet.py), renamed by .mobilenet
 TIMM_MODELS.update(TIMM_MOBILENETV2_MODELS)
 
+# timm's stem/downsample variants on the shared builder: 'd' (deep stem
+# 32-32-64, avg-down), 't' (tiered deep stem 24-32-64, avg-down), 'aa'
+# ('d' + anti-aliased downsampling by 2x2 average pools).
+_D = dict(deep_stem=True, avg_down=True)
+_T = dict(_D, deep_stem_channels=(24, 32))
+_AA = dict(_D, aa_downsample=True)
+
+
+def _senet(depth, cardinality=None, **kwargs):
+    if cardinality:
+        groups, width = cardinality
+        kwargs.update(groups=groups, width_per_group=width)
+    return _resnet(type='SENet', depth=depth, **kwargs)
+
+
+def _res2net(depth, base_width, scales, **kwargs):
+    return _resnet(
+        type='MultiScaleResNet',
+        depth=depth,
+        base_width=base_width,
+        scales=scales,
+        **kwargs)
+
+
+TIMM_MODELS.update({
+    # SE family (timm/models/resnet.py: block_args=dict(attn_layer='se'))
+    'seresnet18': _senet(18),
+    'seresnet34': _senet(34),
+    'seresnet50': _senet(50),
+    'seresnet50t': _senet(50, **_T),
+    'seresnet101': _senet(101),
+    'seresnet152': _senet(152),
+    'seresnet152d': _senet(152, **_D),
+    'seresnet200d': _senet(200, **_D),
+    'seresnet269d': _senet(269, **_D),
+    'seresnetaa50d': _senet(50, **_AA),
+    'seresnext26d_32x4d': _senet(26, (32, 4), **_D),
+    'seresnext26t_32x4d': _senet(26, (32, 4), **_T),
+    'seresnext50_32x4d': _senet(50, (32, 4)),
+    'seresnext101_32x4d': _senet(101, (32, 4)),
+    'seresnext101_32x8d': _senet(101, (32, 8)),
+    'seresnext101_64x4d': _senet(101, (64, 4)),
+    'seresnext101d_32x8d': _senet(101, (32, 8), **_D),
+    'seresnextaa101d_32x8d': _senet(101, (32, 8), **_AA),
+    'seresnextaa201d_32x8d': _senet(201, (32, 8), stem_channels=128, **_AA),
+    # Res2Net family (timm/models/res2net.py)
+    'res2net50_26w_4s': _res2net(50, 26, 4),
+    'res2net50_26w_6s': _res2net(50, 26, 6),
+    'res2net50_26w_8s': _res2net(50, 26, 8),
+    'res2net50_48w_2s': _res2net(50, 48, 2),
+    'res2net50_14w_8s': _res2net(50, 14, 8),
+    'res2net101_26w_4s': _res2net(101, 26, 4),
+    'res2next50': _res2net(50, 4, 4, groups=8),
+    'res2net50d': _res2net(50, 26, 4, **_D),
+    'res2net101d': _res2net(101, 26, 4, **_D),
+})
+
+# timm's byobnet SE models: tiered stem 24-32-64, SiLU, SE (ReLU inside) on
+# the middle channels after the 3x3, strided 1x1 projection shortcuts.
+_BYOB_SE = dict(
+    type='SENet',
+    deep_stem=True,
+    deep_stem_channels=(24, 32),
+    act_cfg=dict(type='SiLU'),
+    attn_position='mid')
+TIMM_MODELS.update({
+    'seresnext26ts':
+    dict(
+        backbone=dict(_BYOB_SE, depth=26, channels_per_group=32),
+        rules='byobnet'),
+    'seresnet33ts':
+    dict(
+        backbone=dict(
+            _BYOB_SE,
+            depth=33,
+            stem_pool='none',
+            stage_channels=(256, 512, 1536, 1536),
+            final_conv_channels=1280),
+        rules='byobnet'),
+})
+
 
 def supported_models():
     return sorted(TIMM_MODELS)
@@ -75,6 +156,32 @@ _RESNET_BLOCK_RULES = [
 ]
 
 
+_BYOBNET_RULES = [
+    (r'^stem\.conv(\d)\.', lambda m: f'stem.{int(m.group(1)) - 1}.'),
+    (r'^stages\.(\d)\.(\d+)\.',
+     lambda m: f'layer{int(m.group(1)) + 1}.{m.group(2)}.'),
+    (r'\.conv1_1x1\.', '.conv1.'),
+    (r'\.conv2_kxk\.', '.conv2.'),
+    (r'\.conv3_1x1\.', '.conv3.'),
+    (r'\.attn\.fc1\.', '.mid_attn.reduce.'),
+    (r'\.attn\.fc2\.', '.mid_attn.expand.'),
+    (r'\.shortcut\.conv\.', '.downsample.0.'),
+    (r'\.shortcut\.bn\.', '.downsample.1.'),
+]
+
+
+def _byobnet_rules(state_dict: dict) -> list:
+    # the final 1x1 conv is the last module of mmsk's last stage
+    last = max(int(k.split('.')[1]) for k in state_dict
+               if k.startswith('stages.'))
+    blocks = {
+        int(k.split('.')[2])
+        for k in state_dict if k.startswith(f'stages.{last}.')
+    }
+    return _BYOBNET_RULES + [(r'^final_conv\.',
+                              f'layer{last + 1}.{max(blocks) + 1}.')]
+
+
 def _rename(key: str, rules) -> str:
     for pattern, repl in rules:
         key, n = re.subn(pattern, repl, key)
@@ -87,12 +194,17 @@ def convert_state_dict(model_name: str, state_dict: dict) -> dict:
     if entry['rules'] == 'mobilenetv2':
         return convert_timm_mobilenetv2(state_dict)
     backbone = entry['backbone']
-    rules = _stem_rules(backbone.get('deep_stem', False)) + \
-        _RESNET_BLOCK_RULES
+    if entry['rules'] == 'byobnet':
+        rules = _byobnet_rules(state_dict)
+    else:
+        rules = _stem_rules(backbone.get('deep_stem', False)) + \
+            _RESNET_BLOCK_RULES
     out = {}
     for key, value in state_dict.items():
         if key.startswith('fc.'):
             out['head.' + key] = value
+        elif key.startswith('head.fc.'):  # byobnet's ClassifierHead
+            out[key] = value
         else:
             out['backbone.' + _rename(key, rules)] = value
     return out
@@ -107,14 +219,23 @@ def _entry(model_name: str) -> dict:
 
 def classifier_config(model_name: str, num_classes: int = 1000) -> str:
     """mmpretrain config text of the mmsk classifier for a timm model."""
-    backbone = dict(_entry(model_name)['backbone'])
+    return backbone_classifier_config(_entry(model_name)['backbone'],
+                                      num_classes, f"timm's {model_name!r}")
+
+
+def backbone_classifier_config(backbone: dict,
+                               num_classes: int = 1000,
+                               source: str = '') -> str:
+    """mmpretrain config text of the mmsk classifier around ``backbone``
+    (shared by every converter of :mod:`mmsk.converters`)."""
+    backbone = dict(backbone)
     backbone['out_indices'] = (-1, )
     from mmengine.registry import init_default_scope
     import mmsk  # noqa: F401
     from mmsk.registry import MODELS
     init_default_scope('mmpretrain')
     feat_dim = MODELS.build(dict(backbone, type=backbone['type'])).feat_dim
-    return f"""# mmsk classifier converted from timm's {model_name!r}
+    return f"""# mmsk classifier converted from {source}
 custom_imports = dict(imports=['mmsk'], allow_failed_imports=False)
 default_scope = 'mmpretrain'
 model = dict(
@@ -160,15 +281,23 @@ def convert_checkpoint(model_name: str,
     num_classes = converted['head.fc.weight'].shape[0] if \
         'head.fc.weight' in converted else 1000
     cfg_text = classifier_config(model_name, num_classes)
-    _check_keys(cfg_text, converted, model_name)
-    torch.save(
-        dict(
-            meta=dict(cfg=cfg_text, converted_from=f'timm/{model_name}'),
-            state_dict=converted), dst)
+    save_converted(cfg_text, converted, dst, model_name,
+                   f'timm/{model_name}')
     if progress:
         progress(f'converted {len(converted)} tensors of timm {model_name!r} '
                  f'-> {dst}')
     return dst
+
+
+def save_converted(cfg_text: str, state_dict: dict, dst: str,
+                   model_name: str, converted_from: str):
+    """Check the converted keys/shapes against the model of ``cfg_text``,
+    then write the checkpoint (config text in ``meta['cfg']``)."""
+    _check_keys(cfg_text, state_dict, model_name)
+    torch.save(
+        dict(
+            meta=dict(cfg=cfg_text, converted_from=converted_from),
+            state_dict=state_dict), dst)
 
 
 def _check_keys(cfg_text: str, state_dict: dict, model_name: str):
