@@ -4,7 +4,7 @@ import pytest
 from conftest import ROOT, run_python
 
 
-@pytest.mark.parametrize('name', ['SKNet-50 (paper)'])
+@pytest.mark.parametrize('name', ['SKNet-50 (paper)', 'Res2Net-50 26w4s'])
 def test_params_and_flops_within_2_percent(name):
     from mmsk.utils.complexity import PAPER_FIGURES, complexity
     cfg, params, flops, _ = PAPER_FIGURES[name]
@@ -14,7 +14,8 @@ def test_params_and_flops_within_2_percent(name):
 
 
 @pytest.mark.parametrize('name', [
-    'SKNet-101 (paper)', 'SK-ResNet-50 (PytorchInsight)'
+    'SKNet-101 (paper)', 'SK-ResNet-50 (PytorchInsight)', 'SE-ResNet-50',
+    'SE-ResNeXt-50 32x4d', 'Res2Net-101 26w4s'
 ])
 def test_params_within_2_percent(name):
     from mmsk.utils.complexity import PAPER_FIGURES, complexity

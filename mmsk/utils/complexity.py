@@ -18,6 +18,18 @@ PAPER_FIGURES: Dict[str, tuple] = {
     'SK-ResNet-50 (PytorchInsight)':
     (dict(type='SKNet', depth=50, sk_form='pytorchinsight'), 26.15e6, None,
      'PytorchInsight README'),
+    'SE-ResNet-50':
+    (dict(type='SENet', depth=50), 28.09e6, None,
+     'mmpretrain SENet README'),
+    'SE-ResNeXt-50 32x4d':
+    (dict(type='SENet', depth=50, groups=32, width_per_group=4), 27.56e6,
+     None, 'timm seresnext50_32x4d'),
+    'Res2Net-50 26w4s':
+    (dict(type='MultiScaleResNet', depth=50, scales=4, base_width=26),
+     25.70e6, 4.2e9, 'Res2Net paper / official README'),
+    'Res2Net-101 26w4s':
+    (dict(type='MultiScaleResNet', depth=101, scales=4, base_width=26),
+     45.21e6, None, 'Res2Net paper / official README'),
     'MobileNetV2 1.0':
     (dict(type='InvertedResidualNet'), 3.50e6, 0.31e9,
      'mmpretrain MobileNetV2 README (paper, Table 4: 3.4M, 300M)'),
