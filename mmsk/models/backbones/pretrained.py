@@ -23,7 +23,7 @@ MAX_LISTED = 8
 
 
 class PretrainedMismatchError(ValueError):
-    """A ``Pretrained`` checkpoint would leave part of the backbone unloaded."""
+    """A ``Pretrained`` checkpoint would leave part of a backbone unloaded."""
 
 
 def pretrained_cfg(init_cfg) -> Optional[dict]:
