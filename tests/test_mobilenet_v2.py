@@ -175,3 +175,44 @@ def test_output_stride_8_keeps_resolution_and_widens_the_field():
     # mode gives back exactly the field of the stride-16 network
     assert field_plain < field_mmseg < field_timm
     assert field_timm == field_strided
+
+
+@pytest.mark.parametrize('scope', ['mmpretrain', 'mmseg'])
+def test_pretrained_mmpretrain_and_mmseg_checkpoints_load_unchanged(
+        scope, tmp_path):
+    import importlib
+
+    from mmengine.registry import init_default_scope
+
+    from conftest import randomize_bn
+    init_default_scope(scope)
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    torch.manual_seed(0)
+    ref = registry.build(
+        dict(type='MobileNetV2', widen_factor=0.5, out_indices=(1, 2, 4, 6)))
+    ref.init_weights()
+    randomize_bn(ref).eval()
+    ckpt = tmp_path / 'classifier.pth'
+    torch.save(
+        dict(state_dict={'backbone.' + k: v
+                         for k, v in ref.state_dict().items()}), ckpt)
+    model = build_backbone(
+        dict(
+            type='mmsk.InvertedResidualNet',
+            widen_factor=0.5,
+            out_indices=(1, 2, 4, 6),
+            init_cfg=dict(
+                type='Pretrained', checkpoint=str(ckpt),
+                prefix='backbone.')))
+    model.init_weights()
+    model.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for expected, got in zip(ref(x), model(x)):
+            torch.testing.assert_close(got, expected)
+    # and the strict torch loader accepts the same keys (mmpretrain builds
+    # its final conv even when no output uses it; mmsk does not)
+    model.load_state_dict({
+        k: v
+        for k, v in ref.state_dict().items() if not k.startswith('conv2.')
+    })

@@ -120,6 +120,9 @@ class InvertedResidualBlock(BaseModule):
             (only where the skip exists). Defaults to 0.
         with_cp (bool): Non-reentrant gradient checkpointing.
 
+    Checkpoints of mmpretrain's / mmseg's ``InvertedResidual`` (convs named
+    ``conv.0/1/2``) load into it unchanged.
+
     Example:
         >>> block = InvertedResidualBlock(32, 32, expand_ratio=6)
         >>> block(torch.rand(2, 32, 16, 16)).shape
@@ -190,6 +193,20 @@ class InvertedResidualBlock(BaseModule):
             hidden, out_channels, 1, act_cfg=None, **layer_cfg)
         self.drop_path = DropPath(drop_path_rate) if \
             self.use_residual and drop_path_rate > 0 else nn.Identity()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # mmpretrain's and mmseg's InvertedResidual hold the same convs as
+        # ``conv.0/1/2`` (``conv.0/1`` without expansion): rename them, so
+        # that their checkpoints load as they are (``Pretrained`` init_cfg).
+        legacy = f'{prefix}conv.'
+        parts = (['expand'] if self.expand is not None else []) + \
+            ['depthwise', 'project']
+        for key in [k for k in state_dict if k.startswith(legacy)]:
+            index, rest = key[len(legacy):].split('.', 1)
+            if index.isdigit() and int(index) < len(parts):
+                state_dict[f'{prefix}{parts[int(index)]}.{rest}'] = \
+                    state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _inner_forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x if self.expand is None else self.expand(x)
