@@ -158,3 +158,24 @@ def test_converters_refuse_unknown_keys():
     with pytest.raises(ValueError, match='repeats'):
         convert_torchvision_mobilenet_v2(
             {'features.0.0.weight': torch.zeros(1)})
+
+
+def test_timm_checkpoint_with_another_number_of_classes(tmp_path):
+    import timm
+    from mmengine.config import Config
+    from mmpretrain.apis import init_model
+
+    from mmsk.converters import convert_checkpoint
+    torch.manual_seed(0)
+    ref = randomize_bn(timm.create_model('mobilenetv2_050',
+                                         num_classes=10)).eval()
+    src, dst = tmp_path / 'timm.pth', tmp_path / 'mmsk.pth'
+    torch.save(ref.state_dict(), src)
+    convert_checkpoint('mobilenetv2_050', str(src), str(dst), progress=None)
+    cfg = Config.fromstring(
+        torch.load(dst, weights_only=True)['meta']['cfg'], '.py')
+    assert cfg.model.head.num_classes == 10
+    model = init_model(cfg, str(dst)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _compare(ref(x), model(x, mode='tensor'))
