@@ -9,10 +9,32 @@ Adding never overwrites: a name mmpretrain already has is an error at import.
 """
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import MODELS as MMENGINE_MODELS
-from mmengine.registry import Registry
+from mmengine.registry import Registry, build_model_from_cfg
+
+
+def _in_mmsk_scope(cfg):
+    if isinstance(cfg, list):
+        return [_in_mmsk_scope(c) for c in cfg]
+    if isinstance(cfg, dict) and '_scope_' not in cfg:
+        cfg = cfg.copy()
+        cfg['_scope_'] = 'mmsk'
+    return cfg
+
+
+def build_in_mmsk_scope(cfg, registry, default_args=None):
+    """Build from mmsk's ``MODELS``: unscoped names are mmsk's whatever the
+    default scope, so a backbone that builds its blocks' attention
+    (``attn_cfg=dict(type='SEAttention')``) also builds under mmdet's or
+    mmseg's default scope, whose registries do not hold mmsk's names."""
+    return build_model_from_cfg(_in_mmsk_scope(cfg), registry, default_args)
+
 
 MODELS = Registry(
-    'model', parent=MMENGINE_MODELS, scope='mmsk', locations=['mmsk.models'])
+    'model',
+    parent=MMENGINE_MODELS,
+    scope='mmsk',
+    locations=['mmsk.models'],
+    build_func=build_in_mmsk_scope)
 DATASETS = Registry(
     'dataset',
     parent=MMENGINE_DATASETS,

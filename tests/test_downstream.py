@@ -252,6 +252,40 @@ def test_one_training_step_and_prediction(name):
             assert result.seg_logits.data.shape == (num_classes, *SEG_SIZE)
 
 
+STAGES = (0, 1, 2, 3)
+# Backbones whose blocks build their attention from a config: they must
+# build under mmdet's / mmseg's default scope too, not only mmpretrain's.
+ATTENTION_BACKBONES = {
+    'senet50': dict(type='mmsk.SENet', depth=50, out_indices=STAGES, **W8),
+    'se-res2net50': dict(
+        type='mmsk.MultiScaleResNet', depth=50, base_width=4,
+        attn_cfg=dict(type='SEAttention'), out_indices=STAGES, **W8),
+    'sknet50': dict(
+        type='mmsk.SKNet', depth=50, groups=4, out_indices=STAGES, **W8),
+    'se-mobilenet-v2': dict(
+        type='mmsk.InvertedResidualNet', widen_factor=0.25,
+        out_indices=(1, 2, 4, 6), attn_cfg=dict(type='SEAttention')),
+    'sk-mobilenet-v2': dict(
+        type='mmsk.InvertedResidualNet', widen_factor=0.25,
+        out_indices=(1, 2, 4, 6), attn_cfg=dict(type='SKConv')),
+}
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+@pytest.mark.parametrize('name', sorted(ATTENTION_BACKBONES))
+def test_backbones_with_attention_build_under_other_scopes(name, scope):
+    cfg = dict(ATTENTION_BACKBONES[name], frozen_stages=1, norm_eval=True)
+    model = registry(scope).build(cfg)
+    model.train()
+    outs = model(torch.rand(2, 3, 32, 32))
+    assert len(outs) == 4
+    assert [o.shape[1] for o in outs] == [
+        model.out_channels[i] for i in model.out_indices
+    ]
+    assert all(not m.training for m in model.modules()
+               if isinstance(m, _BatchNorm))
+
+
 # --- the tools' code path: MMEngine's Runner on tiny data on disk ----------
 
 

@@ -42,11 +42,7 @@ def _build_attn(attn_cfg: Optional[dict], channels: int):
     if not isinstance(attn_cfg, dict) or 'type' not in attn_cfg:
         raise ValueError(f'attn_cfg must be None or a dict with a "type", '
                          f'got {attn_cfg!r}')
-    # Unscoped names are mmsk's, also when mmdet/mmseg (default scope mmdet
-    # or mmseg) build an mmsk backbone.
-    return MODELS.build(
-        dict(attn_cfg, in_channels=channels,
-             _scope_=attn_cfg.get('_scope_', 'mmsk')))
+    return MODELS.build(dict(attn_cfg, in_channels=channels))
 
 
 class _ResidualBlock(BaseModule):
