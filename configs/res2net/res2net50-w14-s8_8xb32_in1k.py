@@ -1,0 +1,2 @@
+_base_ = ['./res2net50-w26-s4_8xb32_in1k.py']
+model = dict(backbone=dict(base_width=14, scales=8))

@@ -1,0 +1,68 @@
+"""Every config of the listed config folders loads and builds its model.
+
+ImageNet configs only build the classifier (a forward at 224x224 would add
+nothing but time); built-in data configs run a forward on MNIST-sized input.
+"""
+import glob
+import os.path as osp
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+# config folders checked here; add a folder when it gets configs
+FOLDERS = ('senet', 'res2net')
+CONFIGS = sorted(
+    osp.relpath(path, ROOT) for folder in FOLDERS
+    for path in glob.glob(f'{ROOT}/configs/{folder}/*.py'))
+
+
+def test_every_folder_has_configs_readme_and_metafile():
+    for folder in FOLDERS:
+        assert glob.glob(f'{ROOT}/configs/{folder}/*.py'), folder
+        for name in ('README.md', 'metafile.yml'):
+            assert osp.isfile(f'{ROOT}/configs/{folder}/{name}'), \
+                f'{folder}/{name}'
+
+
+def test_metafiles_name_existing_configs():
+    import yaml
+    for folder in FOLDERS:
+        with open(f'{ROOT}/configs/{folder}/metafile.yml') as f:
+            meta = yaml.safe_load(f)
+        for model in meta['Models']:
+            assert osp.isfile(f"{ROOT}/{model['Config']}"), model['Name']
+            assert model['Name'] == osp.splitext(
+                osp.basename(model['Config']))[0]
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_config_loads_and_builds(path):
+    from mmengine.config import Config
+    from mmpretrain.registry import MODELS
+    cfg = Config.fromfile(f'{ROOT}/{path}')
+    assert cfg.custom_imports['imports'] == ['mmsk']
+    assert cfg.model.backbone.type in ('SENet', 'MultiScaleResNet')
+    model = MODELS.build(cfg.model)
+    assert model.backbone.feat_dim == cfg.model.head.in_channels
+    if path.endswith('_mnist5k.py'):
+        assert cfg.train_dataloader.dataset.type == 'MNIST5k'
+        model.eval()
+        with torch.no_grad():
+            logits = model(torch.rand(2, 1, 28, 28), mode='tensor')
+        assert logits.shape == (2, 10)
+    else:
+        assert cfg.model.head.num_classes == 1000
+        assert cfg.train_dataloader.dataset.type == 'ImageNet'
+        # the folder README's params column is this model's
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        assert _readme_params(path) == pytest.approx(params, abs=0.006)
+
+
+def _readme_params(path):
+    folder, name = osp.split(path)
+    with open(f'{ROOT}/{folder}/README.md') as f:
+        rows = [line for line in f if f'| {name} |' in line]
+    assert len(rows) == 1, f'{name}: {len(rows)} rows in the README table'
+    return float(rows[0].split('|')[3])
