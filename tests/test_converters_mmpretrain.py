@@ -97,3 +97,10 @@ def test_mmpretrain_converter_errors(tmp_path):
         args=[tool, 'seresnet50', str(bad),
               str(tmp_path / 'o.pth')], check=False)
     assert proc.returncode == 1 and 'seresnet50' in proc.stderr
+    corrupt = tmp_path / 'corrupt.pth'
+    corrupt.write_bytes(b'not a checkpoint')
+    proc = run_python(
+        args=[tool, 'seresnet50', str(corrupt),
+              str(tmp_path / 'o.pth')], check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith('error:')
+    assert 'Traceback' not in proc.stderr

@@ -17,6 +17,7 @@ SRC is an mmpretrain ImageClassifier checkpoint (``state_dict`` with
 import argparse
 import sys
 
+from mmsk.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
 from mmsk.converters.mmpretrain import convert_checkpoint, supported_models
 
 
@@ -40,7 +41,8 @@ def main(argv=None):
         return 0
     try:
         convert_checkpoint(args.name, args.src, args.dst)
-    except (KeyError, ValueError, FileNotFoundError) as e:
+    except (KeyError, ValueError, FileNotFoundError, UnsafeCheckpointError,
+            CorruptCheckpointError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     return 0
