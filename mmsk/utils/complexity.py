@@ -20,7 +20,7 @@ PAPER_FIGURES: Dict[str, tuple] = {
      'PytorchInsight README'),
     'SE-ResNet-50':
     (dict(type='SENet', depth=50), 28.09e6, None,
-     'mmpretrain SENet README'),
+     'mmpretrain configs/seresnet metafile'),
     'SE-ResNeXt-50 32x4d':
     (dict(type='SENet', depth=50, groups=32, width_per_group=4), 27.56e6,
      None, 'timm seresnext50_32x4d'),
