@@ -23,7 +23,7 @@ from mmengine.registry import init_default_scope
 from PIL import Image
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from conftest import ROOT
+from conftest import ROOT, run_python
 
 CONFIG_DIR = osp.join(ROOT, 'configs', 'downstream')
 W8 = dict(stem_channels=8, base_channels=8)
@@ -368,9 +368,10 @@ def run_train_and_test(cfg, work_dir, checkpoint_name):
     return runner, metrics
 
 
-def test_runner_trains_and_tests_a_detector_on_coco_files(tmp_path):
-    name = 'retinanet_sknet50_fpn_1x_coco.py'
-    cfg = tiny_config(name)
+def tiny_coco_config(tmp_path):
+    """The tiny RetinaNet SKNet-50 on 4 train / 2 val images in COCO format,
+    one epoch (two iterations of 2 images)."""
+    cfg = tiny_config('retinanet_sknet50_fpn_1x_coco.py')
     root = tmp_path / 'coco'
     ann = {split: write_coco(root, split, num) for split, num in
            (('train2017', 4), ('val2017', 2))}
@@ -387,10 +388,40 @@ def test_runner_trains_and_tests_a_detector_on_coco_files(tmp_path):
                                                            DET_SIZE))
     for key in ('val_evaluator', 'test_evaluator'):
         cfg[key].ann_file = ann['val2017']
-    cfg.train_cfg.max_epochs = 1  # 4 images, batch 2: two iterations
+    cfg.train_cfg.max_epochs = 1
+    return cfg
+
+
+def test_runner_trains_and_tests_a_detector_on_coco_files(tmp_path):
+    cfg = tiny_coco_config(tmp_path)
     runner, metrics = run_train_and_test(cfg, tmp_path, 'epoch_1.pth')
     assert runner.iter == 2
     assert type(runner.model.backbone).__name__ == 'SKNet'
+    assert 0 <= metrics['coco/bbox_mAP'] <= 1
+
+
+def test_mmdet_tools_train_and_test_the_config(tmp_path):
+    # mmdetection's own tools/train.py and tools/test.py CONFIG CKPT in a
+    # fresh interpreter: only custom_imports imports mmsk
+    import mmdet
+    tools = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools')
+    config = tmp_path / 'tiny_retinanet_sknet50.py'
+    tiny_coco_config(tmp_path).dump(str(config))
+    work_dir = tmp_path / 'work'
+    run_python(args=[
+        osp.join(tools, 'train.py'),
+        str(config), '--work-dir',
+        str(work_dir)
+    ])
+    run_python(args=[
+        osp.join(tools, 'test.py'),
+        str(config),
+        str(work_dir / 'epoch_1.pth'), '--work-dir',
+        str(tmp_path / 'test')
+    ])
+    # the test tool's metrics, as MMEngine's LoggerHook writes them
+    (log, ) = (tmp_path / 'test').glob('*/*.json')
+    metrics = json.loads(log.read_text().splitlines()[-1])
     assert 0 <= metrics['coco/bbox_mAP'] <= 1
 
 
