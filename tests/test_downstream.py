@@ -284,6 +284,11 @@ def test_backbones_with_attention_build_under_other_scopes(name, scope):
     ]
     assert all(not m.training for m in model.modules()
                if isinstance(m, _BatchNorm))
+    sum(o.mean() for o in outs).backward()
+    for n, p in model.named_parameters():
+        frozen = is_frozen_name(n, 1)
+        assert p.requires_grad != frozen, n
+        assert (p.grad is None) == frozen, n
 
 
 # --- the tools' code path: MMEngine's Runner on tiny data on disk ----------
