@@ -291,6 +291,15 @@ def test_backbones_with_attention_build_under_other_scopes(name, scope):
         assert (p.grad is None) == frozen, n
 
 
+def test_mmseg_model_level_pretrained_gets_a_clear_error():
+    # mmseg's base configs set model.pretrained, which EncoderDecoder hands
+    # to the backbone; mmsk's configs set it to None
+    cfg = load_config('deeplabv3_sknet50-d8_4xb2-40k_cityscapes-512x1024.py')
+    cfg.model.pretrained = 'open-mmlab://resnet50_v1c'
+    with pytest.raises(TypeError, match='model.pretrained=None'):
+        registry('mmseg').build(cfg.model)
+
+
 # --- the tools' code path: MMEngine's Runner on tiny data on disk ----------
 
 

@@ -498,6 +498,12 @@ class ResNetStages(ResNet):
                  ],
                  **block_cfg):
         name = type(self).__name__
+        if 'pretrained' in block_cfg:
+            # mmseg's EncoderDecoder passes its model-level pretrained= on
+            raise TypeError(
+                f'{name} takes no pretrained=; load weights with init_cfg='
+                f'dict(type="Pretrained", checkpoint=..., prefix=...) (in an '
+                f'mmseg config also set model.pretrained=None)')
         if depth not in self.arch_settings:
             raise KeyError(f'invalid depth {depth!r} for {name}; choose '
                            f'from {sorted(self.arch_settings)}')
