@@ -118,3 +118,26 @@ def test_corrupt_checkpoint_has_a_clear_error(trained_work_dir, tmp_path):
         load_local_checkpoint(str(text))
     with pytest.raises(FileNotFoundError):
         load_local_checkpoint(str(tmp_path / 'missing.pth'))
+
+
+@pytest.mark.parametrize('tool', ['timm_to_mmsk.py', 'mmpretrain_to_mmsk.py'])
+def test_converter_clis_refuse_hostile_and_corrupt_files(tool, tmp_path):
+    path, marker = _hostile_checkpoint(tmp_path, None, how='system')
+    corrupt = tmp_path / 'corrupt.pth'
+    corrupt.write_bytes(b'not a checkpoint')
+    name = 'skresnet18' if tool.startswith('timm') else 'seresnet50'
+    for src, word in ((path, 'refus|unsafe|not allowed'),
+                      (corrupt, 'not a readable|corrupt')):
+        proc = run_python(
+            args=[
+                f'{ROOT}/tools/model_converters/{tool}', name,
+                str(src), str(tmp_path / 'out.pth')
+            ],
+            check=False)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert proc.stderr.startswith('error: '), proc.stderr[-2000:]
+        assert 'Traceback' not in proc.stderr
+        import re
+        assert re.search(word, proc.stderr, re.I), proc.stderr
+    assert not marker.exists()
+    assert not (tmp_path / 'out.pth').exists()
