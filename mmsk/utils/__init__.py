@@ -1,7 +1,7 @@
-from .validation import (check_choice, check_positive_int, check_sequence,
-                         check_unit_interval)
+from .validation import (check_choice, check_out_indices, check_positive_int,
+                         check_sequence, check_unit_interval)
 
 __all__ = [
-    'check_choice', 'check_positive_int', 'check_sequence',
-    'check_unit_interval'
+    'check_choice', 'check_out_indices', 'check_positive_int',
+    'check_sequence', 'check_unit_interval'
 ]

@@ -26,8 +26,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsk.registry import MODELS, register_model
-from mmsk.utils import (check_choice, check_positive_int, check_sequence,
-                        check_unit_interval)
+from mmsk.utils import (check_choice, check_out_indices, check_positive_int,
+                        check_sequence, check_unit_interval)
 from ..layers.selective_kernel import SKConv
 
 #: MobileNetV2, paper Table 2 (the stem conv and the final 1x1 conv aside).
@@ -343,7 +343,9 @@ class InvertedResidualNet(BaseBackbone):
             for i, v in enumerate(value):
                 check_positive_int(f'{key}[{i}]', v)
         check_choice('dilation_mode', dilation_mode, DILATION_MODES)
-        self.out_indices = self._normalise_out_indices(out_indices, num_rows)
+        self.out_indices = check_out_indices(
+            out_indices, num_rows + 1,
+            f'outputs ({num_rows} rows + the head conv)')
         if not isinstance(frozen_stages, Integral) or \
                 isinstance(frozen_stages, bool) or \
                 not -1 <= frozen_stages <= num_rows + 1:
@@ -414,24 +416,6 @@ class InvertedResidualNet(BaseBackbone):
             self.conv2 = ConvModule(channels, head, 1, **layer_cfg)
             self.stage_names.append('conv2')
         self._freeze_stages()
-
-    @staticmethod
-    def _normalise_out_indices(out_indices, num_rows):
-        if isinstance(out_indices, Integral):
-            out_indices = (out_indices, )
-        if not isinstance(out_indices, (list, tuple)) or not out_indices:
-            raise ValueError(f'out_indices must be an int or a non-empty '
-                             f'sequence, got {out_indices!r}')
-        num_outputs = num_rows + 1
-        normalised = []
-        for index in out_indices:
-            if not isinstance(index, Integral) or isinstance(index, bool) \
-                    or not -num_outputs <= index < num_outputs:
-                raise ValueError(f'out_indices entry {index!r} is out of '
-                                 f'range for {num_rows} rows + the head '
-                                 f'conv ([{-num_outputs}, {num_rows}])')
-            normalised.append(int(index) % num_outputs)
-        return tuple(sorted(set(normalised)))
 
     def forward(self, x: torch.Tensor) -> tuple:
         x = self.conv1(x)

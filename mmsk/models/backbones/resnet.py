@@ -31,8 +31,8 @@ from mmpretrain.models.backbones.resnet import ResNet
 from torch import nn
 
 from mmsk.registry import MODELS
-from mmsk.utils import (check_choice, check_positive_int, check_sequence,
-                        check_unit_interval)
+from mmsk.utils import (check_choice, check_out_indices, check_positive_int,
+                        check_sequence, check_unit_interval)
 from .pretrained import check_pretrained, pretrained_cfg
 
 
@@ -517,18 +517,7 @@ class ResNetStages(ResNet):
             check_sequence(key, value, num_stages)
             for v in value:
                 check_positive_int(f'{key}[i]', v)
-        if isinstance(out_indices, Integral):
-            out_indices = (out_indices, )
-        if not isinstance(out_indices, (list, tuple)) or not out_indices:
-            raise ValueError(f'out_indices must be an int or a non-empty '
-                             f'sequence, got {out_indices!r}')
-        normalised = []
-        for index in out_indices:
-            if not isinstance(index, Integral) or not \
-                    -num_stages <= index < num_stages:
-                raise ValueError(f'out_indices entry {index!r} is out of '
-                                 f'range for {num_stages} stages')
-            normalised.append(int(index) % num_stages)
+        out_indices = check_out_indices(out_indices, num_stages)
         check_choice('style', style, ('pytorch', 'caffe'))
         if deep_stem and cifar_stem:
             raise ValueError('deep_stem and cifar_stem are exclusive')
@@ -600,7 +589,7 @@ class ResNetStages(ResNet):
             num_stages=num_stages,
             strides=tuple(strides),
             dilations=tuple(dilations),
-            out_indices=tuple(normalised),
+            out_indices=out_indices,
             style=style,
             deep_stem=deep_stem,
             avg_down=avg_down,
