@@ -609,15 +609,33 @@ def test_sk_attention_keeps_the_shape_and_refuses_shape_arguments():
 # --- the docs show exactly the tested configs ----------------------------
 
 
-def test_docs_show_every_downstream_config_verbatim():
-    text = open(osp.join(ROOT, 'docs', 'downstream.md')).read()
+def _config_snippets(doc):
+    """``{config path: body}`` of the python blocks that name a config."""
+    text = open(osp.join(ROOT, doc)).read()
     shown = {}
     for block in re.findall(r'```python\n(.*?)```', text, re.S):
         first, _, body = block.partition('\n')
         match = re.fullmatch(r'# (configs/downstream/\S+\.py)', first)
         if match:
             shown[match.group(1)] = body
+    return shown
+
+
+def test_docs_show_every_downstream_config_verbatim():
+    shown = _config_snippets(osp.join('docs', 'downstream.md'))
     on_disk = {f'configs/downstream/{name}' for name in CONFIGS}
     assert set(shown) == on_disk
+    for path, body in shown.items():
+        assert body == open(osp.join(ROOT, path)).read(), path
+
+
+def test_readme_snippets_are_the_tested_configs():
+    shown = _config_snippets('README.md')
+    assert {
+        'configs/downstream/retinanet_sknet50_fpn_1x_coco.py',
+        'configs/downstream/retinanet_r50-sk-c3-c5_fpn_1x_coco.py'
+    } <= set(shown)
+    on_disk = {f'configs/downstream/{name}' for name in CONFIGS}
+    assert set(shown) <= on_disk
     for path, body in shown.items():
         assert body == open(osp.join(ROOT, path)).read(), path
