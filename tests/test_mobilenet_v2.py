@@ -216,3 +216,36 @@ def test_pretrained_mmpretrain_and_mmseg_checkpoints_load_unchanged(
         k: v
         for k, v in ref.state_dict().items() if not k.startswith('conv2.')
     })
+
+
+def test_mismatched_pretrained_checkpoint_names_the_keys(tmp_path):
+    from mmsk.models.backbones.pretrained import PretrainedMismatchError
+    source = build_backbone(
+        dict(type='InvertedResidualNet', widen_factor=0.5, out_indices=(6, )))
+    ckpt = tmp_path / 'narrow.pth'
+    torch.save(
+        dict(state_dict={'backbone.' + k: v
+                         for k, v in source.state_dict().items()}), ckpt)
+    wider = build_backbone(
+        dict(
+            type='InvertedResidualNet',
+            widen_factor=1.0,
+            out_indices=(6, ),
+            init_cfg=dict(
+                type='Pretrained', checkpoint=str(ckpt),
+                prefix='backbone.')))
+    with pytest.raises(PretrainedMismatchError,
+                       match=r'keys with another shape: conv1\.conv\.weight'):
+        wider.init_weights()
+    # a checkpoint of the same architecture loads
+    same = build_backbone(
+        dict(
+            type='InvertedResidualNet',
+            widen_factor=0.5,
+            out_indices=(6, ),
+            init_cfg=dict(
+                type='Pretrained', checkpoint=str(ckpt),
+                prefix='backbone.')))
+    same.init_weights()
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(same.state_dict()[key], value)

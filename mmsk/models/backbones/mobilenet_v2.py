@@ -29,6 +29,7 @@ from mmsk.registry import MODELS, register_model
 from mmsk.utils import (check_choice, check_out_indices, check_positive_int,
                         check_sequence, check_unit_interval)
 from ..layers.selective_kernel import SKConv
+from .pretrained import check_pretrained
 
 #: MobileNetV2, paper Table 2 (the stem conv and the final 1x1 conv aside).
 MOBILENET_V2_ARCH = (
@@ -194,10 +195,12 @@ class InvertedResidualBlock(BaseModule):
         self.drop_path = DropPath(drop_path_rate) if \
             self.use_residual and drop_path_rate > 0 else nn.Identity()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # mmpretrain's and mmseg's InvertedResidual hold the same convs as
-        # ``conv.0/1/2`` (``conv.0/1`` without expansion): rename them, so
-        # that their checkpoints load as they are (``Pretrained`` init_cfg).
+    def rename_pretrained_keys(self, state_dict: dict, prefix: str = ''):
+        """mmpretrain's and mmseg's InvertedResidual hold the same convs as
+        ``conv.0/1/2`` (``conv.0/1`` without expansion): rename them in
+        place, so that their checkpoints load as they are (``Pretrained``
+        init_cfg; :func:`~mmsk.models.backbones.pretrained.check_pretrained`
+        applies the same renaming before it compares keys)."""
         legacy = f'{prefix}conv.'
         parts = (['expand'] if self.expand is not None else []) + \
             ['depthwise', 'project']
@@ -206,6 +209,9 @@ class InvertedResidualBlock(BaseModule):
             if index.isdigit() and int(index) < len(parts):
                 state_dict[f'{prefix}{parts[int(index)]}.{rest}'] = \
                     state_dict.pop(key)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.rename_pretrained_keys(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _inner_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -416,6 +422,13 @@ class InvertedResidualNet(BaseBackbone):
             self.conv2 = ConvModule(channels, head, 1, **layer_cfg)
             self.stage_names.append('conv2')
         self._freeze_stages()
+
+    def init_weights(self):
+        # A Pretrained checkpoint must cover the whole backbone (mmengine
+        # would only warn and leave the rest random).
+        if not self._is_init:
+            check_pretrained(self, self.init_cfg)
+        super().init_weights()
 
     def forward(self, x: torch.Tensor) -> tuple:
         x = self.conv1(x)

@@ -67,6 +67,10 @@ def check_pretrained(module: nn.Module, init_cfg) -> None:
     if cfg is None:
         return
     source = pretrained_state_dict(cfg)
+    # blocks that load other layouts rename their keys as loading would
+    for name, m in module.named_modules():
+        if hasattr(m, 'rename_pretrained_keys'):
+            m.rename_pretrained_keys(source, f'{name}.' if name else '')
     target = module.state_dict()
     missing = [
         k for k in target
