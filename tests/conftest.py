@@ -83,3 +83,20 @@ def trained_work_dir(tmp_path_factory):
     train_tool(work_dir)
     assert (work_dir / 'epoch_1.pth').is_file()
     return work_dir
+
+
+def convert_and_rebuild(tool, convert, name, src, dst, cli=False):
+    """Convert ``src`` to ``dst`` with ``tools/model_converters/TOOL`` (in a
+    fresh interpreter) or with ``convert``, and rebuild the eval-mode
+    classifier from the config that ``dst`` carries in ``meta['cfg']``."""
+    from mmengine.config import Config
+    from mmpretrain.apis import init_model
+    if cli:
+        run_python(args=[
+            f'{ROOT}/tools/model_converters/{tool}', name,
+            str(src), str(dst)
+        ])
+    else:
+        convert(name, str(src), str(dst), progress=None)
+    meta = torch.load(dst, weights_only=True)['meta']
+    return init_model(Config.fromstring(meta['cfg'], '.py'), str(dst)).eval()

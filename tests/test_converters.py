@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import ROOT, randomize_bn, run_python
+from conftest import ROOT, convert_and_rebuild, randomize_bn, run_python
 
 
 def _timm_family(*patterns):
@@ -21,25 +21,14 @@ def test_converter_covers_every_timm_sk_model():
 
 def convert_and_compare(name, tmp_path, size=64, cli=False):
     import timm
-    from mmengine.config import Config
-    from mmpretrain.apis import init_model
-
     from mmsk.converters import convert_checkpoint
     torch.manual_seed(0)
     ref = timm.create_model(name, pretrained=False, num_classes=1000)
     randomize_bn(ref).eval()
     src, dst = tmp_path / 'timm.pth', tmp_path / 'mmsk.pth'
     torch.save(ref.state_dict(), src)
-    if cli:
-        run_python(args=[
-            f'{ROOT}/tools/model_converters/timm_to_mmsk.py', name,
-            str(src), str(dst)
-        ])
-    else:
-        convert_checkpoint(name, str(src), str(dst), progress=None)
-    meta = torch.load(dst, weights_only=True)['meta']
-    model = init_model(Config.fromstring(meta['cfg'], '.py'), str(dst))
-    model.eval()
+    model = convert_and_rebuild('timm_to_mmsk.py', convert_checkpoint, name,
+                                src, dst, cli)
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         expected = ref(x)

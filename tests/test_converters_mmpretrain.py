@@ -3,7 +3,7 @@ same logits after conversion."""
 import pytest
 import torch
 
-from conftest import ROOT, randomize_bn, run_python
+from conftest import ROOT, convert_and_rebuild, randomize_bn, run_python
 
 from mmsk.converters.mmpretrain import MMPRETRAIN_MODELS
 
@@ -33,23 +33,12 @@ def _mmpretrain_classifier(name, num_classes=10):
 
 
 def convert_and_compare(name, tmp_path, size=64, cli=False):
-    from mmengine.config import Config
-    from mmpretrain.apis import init_model
-
     from mmsk.converters.mmpretrain import convert_checkpoint
     ref = _mmpretrain_classifier(name)
     src, dst = tmp_path / 'mmpretrain.pth', tmp_path / 'mmsk.pth'
     torch.save(dict(state_dict=ref.state_dict()), src)
-    if cli:
-        run_python(args=[
-            f'{ROOT}/tools/model_converters/mmpretrain_to_mmsk.py', name,
-            str(src), str(dst)
-        ])
-    else:
-        convert_checkpoint(name, str(src), str(dst), progress=None)
-    meta = torch.load(dst, weights_only=True)['meta']
-    model = init_model(Config.fromstring(meta['cfg'], '.py'), str(dst))
-    model.eval()
+    model = convert_and_rebuild('mmpretrain_to_mmsk.py', convert_checkpoint, name,
+                                src, dst, cli)
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         expected = ref(x, mode='tensor')
