@@ -37,8 +37,8 @@ def convert_and_compare(name, tmp_path, size=64, cli=False):
     ref = _mmpretrain_classifier(name)
     src, dst = tmp_path / 'mmpretrain.pth', tmp_path / 'mmsk.pth'
     torch.save(dict(state_dict=ref.state_dict()), src)
-    model = convert_and_rebuild('mmpretrain_to_mmsk.py', convert_checkpoint, name,
-                                src, dst, cli)
+    model = convert_and_rebuild('mmpretrain_to_mmsk.py', convert_checkpoint,
+                                name, src, dst, cli)
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         expected = ref(x, mode='tensor')
