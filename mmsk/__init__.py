@@ -1,8 +1,8 @@
 """mmsk: SKNet, SE, Res2Net and inverted-residual backbones for OpenMMLab.
 
-Importing mmsk checks the OpenMMLab versions it needs, registers its models
-and data sets (scope ``mmsk``, and unscoped in mmpretrain's registries), and
-lets MMEngine load its own checkpoints on torch>=2.6 with
+Importing mmsk checks the OpenMMLab versions it needs, registers its models,
+data sets and hooks (scope ``mmsk``, and unscoped in mmpretrain's
+registries), and lets MMEngine load its own checkpoints on torch>=2.6 with
 ``weights_only=True`` (see :mod:`mmsk.checkpoint`).
 """
 from .version import __version__
@@ -11,9 +11,9 @@ from .utils.compat import check_versions
 check_versions()
 
 from . import checkpoint  # noqa: E402
-from . import datasets, models  # noqa: E402,F401
+from . import datasets, engine, models  # noqa: E402,F401
 from .models import *  # noqa: E402,F401,F403
 
 checkpoint.install()
 
-__all__ = ['__version__', 'checkpoint', 'datasets', 'models']
+__all__ = ['__version__', 'checkpoint', 'datasets', 'engine', 'models']
