@@ -295,6 +295,9 @@ def check_same_weights(mmsk: Logits, peer_spec: dict, peer: Logits,
         raise ParityError(f'{label}: the converted weights do not fit the '
                           f'mmsk model: {e}') from e
     diff, scale = _max_diff(mmsk, peer, size)
+    if not scale > 1e-3:
+        raise ParityError(f'{label}: the peer gives all-zero logits, the '
+                          f'same-weights check would prove nothing')
     if not diff <= PARITY_TOLERANCE * max(1.0, scale):
         raise ParityError(f'{label}: max abs logit difference {diff:.3g} '
                           f'with the same weights (largest logit '
