@@ -316,7 +316,7 @@ def deploy_copy(model: Logits) -> Optional[Logits]:
     return deployed
 
 
-# --- options ------------------------------------------------------------------
+# --- options -----------------------------------------------------------------
 
 
 @dataclass
@@ -400,7 +400,7 @@ class Options:
         return self
 
 
-# --- timing -------------------------------------------------------------------
+# --- timing ------------------------------------------------------------------
 
 
 @dataclass
@@ -567,11 +567,11 @@ def time_variants(variants: List[Variant], size: int, opts: Options,
                 progress(f'{todo[0].comparison} {size}px {mode}: repeat '
                          f'{r + 1}/{opts.repeats}: ' + ', '.join(
                              f'{v.name} {v.layout} '
-                             f'{opts.batch * opts.iters / v.times[mode][-1]:.1f}'
+                             f'{_median_rate(v.times[mode][-1:], opts):.1f}'
                              for v in todo) + ' img/s')
 
 
-# --- peak memory --------------------------------------------------------------
+# --- peak memory -------------------------------------------------------------
 
 
 def _proc_status_kib(field_name: str) -> int:
@@ -667,7 +667,7 @@ def _memory_worker():
     print(json.dumps(measure_memory(payload['jobs'], opts)))
 
 
-# --- the run ------------------------------------------------------------------
+# --- the run -----------------------------------------------------------------
 
 
 def machine_info(opts: Options) -> dict:
@@ -793,7 +793,7 @@ def _add_memory(rows: List[dict], size: int, opts: Options) -> None:
         row['peak_mem_mb'] = peak / 2**20
 
 
-# --- report -------------------------------------------------------------------
+# --- report ------------------------------------------------------------------
 
 
 def _fmt(value, digits=1):
@@ -847,6 +847,8 @@ def markdown(record: dict) -> str:
                                  c['peer'] == p['model']]
                         diff = check[0]['max_abs_diff'] if check else None
                         mm, pm = m.get('peak_mem_mb'), p.get('peak_mem_mb')
+                        same = 'no converter' if diff is None else \
+                            f'yes ({diff:.1e})'
                         lines.append(
                             f"| {name} | {m['model']}"
                             f"{' ' + m['flavour'] if m['flavour'] else ''} "
@@ -856,7 +858,7 @@ def markdown(record: dict) -> str:
                             f"{m['img_per_s'] / p['img_per_s']:.2f} | "
                             f"{_fmt(mm, 0)} | {_fmt(pm, 0)} | "
                             f"{_fmt(mm / pm if mm and pm else None, 2)} | "
-                            f"{'no converter' if diff is None else f'yes ({diff:.1e})'} |")
+                            f"{same} |")
             lines.append('')
         cp = [r for r in results if r['size'] == size and
               r['flavour'] == 'with_cp']
@@ -864,7 +866,8 @@ def markdown(record: dict) -> str:
             lines += [
                 f'## with_cp, training, {size}x{size}', '',
                 '| model | peak MB with_cp=False | peak MB with_cp=True | '
-                'ratio | img/s False | img/s True |', '|---|---|---|---|---|---|'
+                'ratio | img/s False | img/s True |',
+                '|---|---|---|---|---|---|'
             ]
             for r in cp:
                 base = [b for b in results if b['size'] == size and
