@@ -258,6 +258,7 @@ def test_class_specificity_by_hand():
     within = (0.1 + np.sqrt(0.005)) / 2
     assert spec['within_class_std'] == pytest.approx(within)
     assert spec['ratio'] == pytest.approx(0.1 / within)
+    assert spec['chance_ratio'] == pytest.approx(np.sqrt(0.5))
     same = class_specificity(np.tile([[0.3, 0.7]], (4, 1)), labels, 2)
     assert same['across_class_std'] == 0
 

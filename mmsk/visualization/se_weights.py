@@ -9,7 +9,10 @@ forward hooks on ``se.gate`` of every :class:`~mmsk.models.layers.SEAttention`;
 number: the across-class standard deviation of the class-mean excitation,
 averaged over channels, and its ratio to the within-class standard deviation
 (how far apart the class profiles are, in units of the image-to-image
-spread).
+spread). With ``n`` images per class the class means scatter by about
+``within / sqrt(n)`` even when the excitation ignores the class, so the
+ratio is only class-specific where it clearly exceeds ``chance_ratio``,
+``sqrt(mean(1 / n_k))``.
 """
 import os.path as osp
 from typing import List, Optional, Sequence, Union
@@ -129,10 +132,12 @@ def class_specificity(excitation: np.ndarray, labels: np.ndarray,
     across = float(means.std(0).mean()) if len(present) > 1 else 0.0
     residual = excitation - means[np.searchsorted(present, labels)]
     within = float(np.sqrt((residual**2).mean(0)).mean())
+    counts = np.array([(labels == c).sum() for c in present])
     return dict(
         across_class_std=across,
         within_class_std=within,
-        ratio=across / within if within > 0 else float('nan'))
+        ratio=across / within if within > 0 else float('nan'),
+        chance_ratio=float(np.sqrt((1 / counts).mean())))
 
 
 def summarize(collected: dict) -> dict:
@@ -215,6 +220,9 @@ def plot_specificity(summary: dict, path: str, title: str = '') -> str:
     right = ax.twinx()
     right.plot(x, [b['ratio'] for b in blocks], '^:', ms=4, color='C3',
                label='ratio (right axis)')
+    right.plot(x, [b['chance_ratio'] for b in blocks], color='C3', lw=0.8,
+               alpha=0.5, label='ratio expected by chance (right)')
+    right.set_ylim(bottom=0)
     right.set_ylabel('across / within', fontsize=8)
     ax.set_xticks(x)
     ax.set_xticklabels([b['name'] for b in blocks], rotation=60, ha='right',
@@ -234,7 +242,7 @@ def write_tables(summary: dict, out_dir: str, prefix: str = 'se_weights',
     """``{prefix}.json`` (everything), ``{prefix}_blocks.csv`` (one row per
     block) and ``{prefix}_channels.csv`` (per block, class, channel)."""
     keys = ['channels', 'mean_excitation', 'image_std', 'across_class_std',
-            'within_class_std', 'ratio']
+            'within_class_std', 'ratio', 'chance_ratio']
     blocks_csv = write_csv(
         osp.join(out_dir, f'{prefix}_blocks.csv'), ['block', 'name'] + keys,
         [[i, b['name']] + [b.get(k, '') for k in keys]
