@@ -202,7 +202,8 @@ def plot_per_class(summary: dict, path: str, title: str = '') -> str:
                  fontsize=9)
     fig.supxlabel('channel', fontsize=8, y=0.06)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return save_figure(fig, path)
+    # many thin lines: a lower resolution keeps the PNG small
+    return save_figure(fig, path, dpi=65)
 
 
 def plot_specificity(summary: dict, path: str, title: str = '') -> str:
