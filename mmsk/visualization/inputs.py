@@ -116,8 +116,9 @@ def load_images(paths: Sequence[str],
         if osp.isdir(path):
             found = _list_images(path)
             if not found:
-                raise FileNotFoundError(f'no images ({", ".join(IMAGE_EXTENSIONS)}'
-                                        f') in folder {path}')
+                raise FileNotFoundError(
+                    f'no images ({", ".join(IMAGE_EXTENSIONS)}) in folder '
+                    f'{path}')
             entries += found
         elif osp.isfile(path):
             entries.append((path, None))

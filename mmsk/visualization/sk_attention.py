@@ -1,4 +1,4 @@
-"""SK attention versus object scale: the analysis of the SKNet paper (Sec. 4.3).
+"""SK attention versus object scale: the SKNet paper's analysis (Sec. 4.3).
 
 The paper enlarges the object (center crop, resize back) and reads, per SK
 unit, the selection weights of the branches: in the low and middle units the
