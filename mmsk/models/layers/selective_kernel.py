@@ -288,4 +288,11 @@ class SKAttention(SKConv):
         super().__init__(
             in_channels, in_channels, groups=groups,
             **_form_kwargs(sk_form, **kwargs))
+        # Module order only (same keys, same maths): list the branches after
+        # the attention, so that a network ending in this plug-in has a
+        # branch's BatchNorm on the feature map as its last norm layer, not
+        # the attention's BatchNorm on pooled 1x1 features. mmpretrain's
+        # tools/visualization/vis_cam.py takes the last norm layer as its
+        # default Grad-CAM target.
+        self._modules['paths'] = self._modules.pop('paths')
 
