@@ -22,20 +22,10 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from mmsk.models.layers.selective_kernel import SKConv
+from mmsk.models.layers.selective_kernel import SKConv, attention_weights
 from .inputs import (ImageSet, backbone_of, check_scales, enlarge,
                      module_name, to_input)
 from .plotting import pyplot, save_figure, scale_label, write_csv, write_json
-
-try:
-    from mmsk.models.layers.selective_kernel import attention_weights
-except ImportError:  # mmsk before attention_weights() existed
-
-    def attention_weights(attn_output: torch.Tensor,
-                          num_paths: int) -> torch.Tensor:
-        """``(B, M, C)`` branch weights from the output of ``sk.attn``."""
-        return attn_output.reshape(attn_output.shape[0], num_paths, -1)
-
 
 def find_sk_units(model: torch.nn.Module) -> List[tuple]:
     """``(name, SKConv)`` of every SK unit, in module order."""
