@@ -900,3 +900,32 @@ def write_record(record: dict, out_dir: str, stem: Optional[str] = None):
 
 if __name__ == '__main__':
     _memory_worker()
+
+
+# --- where the time goes ------------------------------------------------------
+
+
+def profile_model(spec: dict, size: int, opts: Options, mode: str = 'train',
+                  layout: str = 'channels_last', reference: bool = False,
+                  steps: int = 3, row_limit: int = 12) -> str:
+    """The operators that take the time in ``steps`` steps of one mmsk or
+    peer model (``torch.profiler``, sorted by self CPU time), as a text
+    table. ``reference=True`` runs mmsk's plain reference forwards (the
+    paper's stack / weighted sum), i.e. mmsk before its fast paths."""
+    from mmsk.models.layers import reference_forward
+    check_choice('mode', mode, MODES)
+    check_choice('layout', layout, LAYOUTS)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    model = _prepare(build_model(spec), layout, opts)
+    x, y = _inputs(opts, size, layout)
+    step = make_step(model, mode, x, y, opts, _optimizer(model))
+    context = reference_forward() if reference else contextlib.nullcontext()
+    with context:
+        step()  # warm-up
+        with torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+    return prof.key_averages().table(
+        sort_by='self_cpu_time_total', row_limit=row_limit)

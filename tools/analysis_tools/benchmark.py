@@ -18,7 +18,7 @@ import sys
 
 from mmsk.benchmark import (AMP_CHOICES, COMPARISONS, DEVICES,
                             LAYOUT_CHOICES, MODES, Options, ParityError,
-                            run_benchmark, write_record)
+                            profile_model, run_benchmark, write_record)
 
 
 def parse_args(argv=None):
@@ -60,6 +60,14 @@ def parse_args(argv=None):
                         help='skip the peak-memory runs')
     parser.add_argument('--out-dir', default='benchmarks')
     parser.add_argument('--name', help='file stem of the .md/.json')
+    parser.add_argument(
+        '--profile', metavar='MODEL',
+        help='instead of timing, profile one model (a key of the '
+        'comparisons, e.g. sknet50 or timm/skresnext50_32x4d) at the first '
+        '--size and --layout (nchw or channels_last), first of --modes; '
+        'with --reference, mmsk\'s plain reference forwards')
+    parser.add_argument('--reference', action='store_true',
+                        help='with --profile: the reference forwards')
     return parser.parse_args(argv)
 
 
@@ -88,6 +96,18 @@ def main(argv=None):
     command = ' '.join(shlex.quote(a) for a in ['python', tool] + list(argv))
     try:
         opts.validate()
+        if args.profile:
+            models = opts.all_models()
+            key = args.profile if args.profile in models else \
+                COMPARISONS.get(args.profile, (args.profile, ))[0]
+            if key not in models:
+                raise ValueError(f'profile: unknown model {args.profile!r}; '
+                                 f'known: {sorted(models)}')
+            print(profile_model(
+                models[key], opts.sizes[0], opts, mode=opts.modes[0],
+                layout=opts.layout if opts.layout != 'best' else
+                'channels_last', reference=args.reference))
+            return 0
         record = run_benchmark(
             opts, command, progress=lambda msg: print(msg, flush=True))
     except (ValueError, ParityError) as e:
