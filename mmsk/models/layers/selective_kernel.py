@@ -20,7 +20,9 @@ from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule, ModuleList
 
 from mmsk.registry import register_model
-from mmsk.utils import check_positive_int
+from mmsk.utils import (check_bool, check_cfg, check_non_negative_int,
+                        check_options, check_positive_int,
+                        check_positive_number, instance_of, one_of, optional)
 from .attention import ChannelAttention
 
 #: Branch layouts and reduction rules of the known SK forms. ``groups=None``
@@ -107,12 +109,21 @@ class SKConv(BaseModule):
                  act_cfg: dict = dict(type='ReLU'),
                  init_cfg=None):
         super().__init__(init_cfg)
-        check_positive_int('in_channels', in_channels)
-        check_positive_int('out_channels', out_channels)
-        check_positive_int('stride', stride)
-        check_positive_int('dilation', dilation)
-        check_positive_int('groups', groups)
-        if not isinstance(branches, (list, tuple)) or len(branches) < 2:
+        check_options(self, locals(), dict(
+            in_channels=check_positive_int,
+            out_channels=check_positive_int,
+            stride=check_positive_int,
+            dilation=check_positive_int,
+            groups=check_positive_int,
+            branches=instance_of(list, tuple),
+            reduction=check_positive_number,
+            min_channels=check_non_negative_int,
+            divisor=optional(check_positive_int),
+            split_input=check_bool,
+            conv_cfg=optional(check_cfg),
+            norm_cfg=optional(check_cfg),
+            act_cfg=check_cfg))
+        if len(branches) < 2:
             raise ValueError('branches must list at least 2 branch dicts '
                              f'(M >= 2), got {branches!r}')
         self.num_paths = len(branches)
@@ -227,6 +238,10 @@ class SKAttention(SKConv):
             if key in kwargs:
                 raise ValueError(f'SKAttention keeps the shape of its input '
                                  f'and takes no {key}; use SKConv instead')
+        check_options(self, locals(), dict(
+            in_channels=check_positive_int,
+            sk_form=one_of(*sorted(SK_FORMS)),
+            groups=check_positive_int))
         super().__init__(
             in_channels, in_channels, groups=groups,
             **_form_kwargs(sk_form, **kwargs))
