@@ -274,8 +274,10 @@ class InvertedResidualNet(BaseBackbone):
             row's (timm's ``output_stride``, DeepLab's convention; every
             block of a dilated stage sees the larger field).
         out_indices (int | Sequence[int]): ``i < R`` is the output of row
-            ``i``, ``R`` (or ``-1``) the final 1x1 conv. Nothing after the
-            largest index is built. Defaults to ``(-1, )``.
+            ``i``, ``R`` (or ``-1``) the final 1x1 conv; any sequence
+            (``range(8)`` too) of distinct indices in increasing order, as
+            the outputs come back in that order. Nothing after the largest
+            index is built. Defaults to ``(-1, )``.
         frozen_stages (int): Freeze (weights and norm statistics) the stem
             (``0``), rows ``1..k`` (``k``) and the head (``R + 1``).
             Defaults to -1 (nothing).

@@ -462,6 +462,12 @@ class ResNetStages(ResNet):
     - ``stem_pool``: ``'max'`` (3x3 stride-2 max-pool) or ``'none'`` (the
       deep stem's last conv strides instead; timm's ``33ts``).
 
+    Every option is type-checked by one table (``norm_eval='no'`` is an
+    error, not a truthy string); ``out_indices`` is any sequence of distinct
+    stage indices in increasing order (``range(4)`` too); an unknown option
+    is reported here, with its close matches, not by a block. ``forward``
+    checks the input's rank, channels and dtype first.
+
     Width options: ``stage_channels`` gives each stage's output channels
     (default ``base_channels * expansion * 2**i``); ``final_conv_channels``
     ends the last stage with a 1x1 conv + norm + act to that width (timm's
