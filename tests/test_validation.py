@@ -16,11 +16,19 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from conftest import build_backbone
 from test_backbones import BACKBONES, FAMILIES
 
-# the first (smallest) configuration of every backbone class
-FIRST_OF_EACH = {}
-for _name, _cfg in sorted(BACKBONES.items()):
-    FIRST_OF_EACH.setdefault(_cfg['type'], _name)
+# a small configuration of every backbone class (every class: checked below)
+FIRST_OF_EACH = {
+    'SKNet': 'sknet18-paper',
+    'SENet': 'senet18',
+    'MultiScaleResNet': 'res2net26-6w4s',
+    'InvertedResidualNet': 'mobilenet-v2-w0.25',
+}
 TYPES = sorted(FIRST_OF_EACH)
+
+
+def test_every_backbone_class_is_checked():
+    assert {cfg['type'] for cfg in BACKBONES.values()} == set(TYPES)
+    assert all(BACKBONES[n]['type'] == t for t, n in FIRST_OF_EACH.items())
 
 
 def _cfg(name, **overrides):
@@ -306,15 +314,17 @@ def test_bad_inputs_get_one_clear_error_at_the_entry(type_name):
         if error is ValueError:
             assert '(N, 3, H, W)' in message
     # what fits runs: 3 channels, any size; fp64 once the model is fp64
-    model(torch.rand(1, 3, 40, 24))
-    model.double()(torch.rand(1, 3, 32, 32, dtype=torch.float64))
+    with torch.no_grad():
+        model(torch.rand(1, 3, 40, 24))
+        model.double()(torch.rand(1, 3, 32, 32, dtype=torch.float64))
 
 
 @pytest.mark.parametrize('type_name', TYPES)
 def test_in_channels_sets_the_expected_input(type_name):
     model = build_backbone(_cfg(FIRST_OF_EACH[type_name],
                                 in_channels=1)).eval()
-    model(torch.rand(1, 1, 32, 32))
+    with torch.no_grad():
+        model(torch.rand(1, 1, 32, 32))
     with pytest.raises(ValueError, match=r'\(N, 1, H, W\).*\(1, 3, 32, 32\)'):
         model(torch.rand(1, 3, 32, 32))
 
