@@ -356,6 +356,16 @@ COMMON_INVALID = [
     (dict(act_cfg=dict(inplace=True)), ValueError, 'act_cfg'),
     (dict(in_channels=0), ValueError, 'in_channels'),
     (dict(attn_cfg='se'), ValueError, 'attn_cfg'),
+    # a string is not a bool (it would be truthy), a float not an int
+    (dict(norm_eval='no'), TypeError, 'norm_eval must be a bool'),
+    (dict(with_cp='no'), TypeError, 'with_cp must be a bool'),
+    (dict(frozen_stages='1'), TypeError, 'frozen_stages must be an int'),
+    (dict(in_channels=3.0), TypeError, 'in_channels'),
+    # outputs come back in the order asked for, or not at all
+    (dict(out_indices=(1, 1)), ValueError, 'out_indices .*repeats'),
+    (dict(out_indices=(3, 0)), ValueError, 'out_indices .*increasing order'),
+    (dict(norm_cfg=dict(type='NoSuchNorm')), KeyError, 'NoSuchNorm'),
+    (dict(dept=50), TypeError, "unknown option 'dept'"),
 ]
 INVALID = [
     pytest.param(name, bad, error, word, id=f'{name}-{i}-{word}')

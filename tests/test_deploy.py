@@ -26,6 +26,13 @@ def _trained_like(model, seed=0):
     return randomize_bn(model, seed)
 
 
+def _assert_close(got, want, tol=1e-4):
+    """Max abs difference within ``tol`` of the largest value (at least 1):
+    folding rounds each weight once, and deep maps are not unit-scale."""
+    diff = (got - want).abs().max().item()
+    assert diff <= tol * max(1.0, want.abs().max().item()), diff
+
+
 def _outputs(model, x):
     with torch.no_grad():
         return model.eval()(x)
@@ -48,10 +55,9 @@ def test_switch_to_deploy_folds_every_norm_and_keeps_outputs(name, tmp_path):
             assert m.collapsed and m.expand.out_channels == m.in_channels
     got = _outputs(model, x)
     for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        _assert_close(a, b)
     model.switch_to_deploy()  # idempotent
-    torch.testing.assert_close(_outputs(model, x)[-1], want[-1], atol=1e-4,
-                               rtol=1e-4)
+    _assert_close(_outputs(model, x)[-1], want[-1])
     # deploy=True builds the same structure: the folded weights reload
     path = tmp_path / 'deploy.pth'
     torch.save(model.state_dict(), path)
@@ -59,7 +65,7 @@ def test_switch_to_deploy_folds_every_norm_and_keeps_outputs(name, tmp_path):
     assert not any(isinstance(m, _BatchNorm) for m in rebuilt.modules())
     rebuilt.load_state_dict(torch.load(path, weights_only=True), strict=True)
     for a, b in zip(_outputs(rebuilt, x), want):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        _assert_close(a, b)
 
 
 @pytest.mark.parametrize('cfg', [
@@ -75,8 +81,7 @@ def test_full_width_folding_within_1e4(cfg):
     randomize_bn(model)
     x = torch.randn(1, 3, 64, 64)
     want = _outputs(model, x)[-1]
-    got = _outputs(model.switch_to_deploy(), x)[-1]
-    assert (got - want).abs().max() <= 1e-4 * max(1.0, want.abs().max())
+    _assert_close(_outputs(model.switch_to_deploy(), x)[-1], want)
 
 
 # block -> constructor arguments, input channels

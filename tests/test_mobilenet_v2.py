@@ -249,3 +249,80 @@ def test_mismatched_pretrained_checkpoint_names_the_keys(tmp_path):
     same.init_weights()
     for key, value in source.state_dict().items():
         torch.testing.assert_close(same.state_dict()[key], value)
+
+
+# mmpretrain's own MobileNetV2 backbone tests (tests/test_models/
+# test_backbones/test_mobilenet_v2.py), pointed at InvertedResidualNet with
+# 64x64 inputs instead of 224x224 (every size is divided by 3.5). The
+# indices mean the same: 0..6 the rows, 7 the final 1x1 conv.
+WIDTHS_1X = (16, 24, 32, 64, 96, 160, 320, 1280)
+SIZES_64 = (32, 16, 8, 4, 4, 2, 2, 2)
+
+
+def _check_outputs(feats, widths, sizes=SIZES_64):
+    assert isinstance(feats, tuple) and len(feats) == len(widths)
+    for feat, width, size in zip(feats, widths, sizes):
+        assert feat.shape == (1, width, size, size)
+
+
+def test_mmpretrain_suite_invalid_frozen_stages_and_out_indices():
+    # mmpretrain allows frozen_stages up to 7; mmsk's 8 also freezes the
+    # head conv, so 9 is the first invalid value
+    with pytest.raises(ValueError, match='frozen_stages'):
+        build_backbone(dict(type='InvertedResidualNet', frozen_stages=9))
+    with pytest.raises(ValueError, match='out_indices'):
+        build_backbone(dict(type='InvertedResidualNet', out_indices=[8]))
+
+
+def test_mmpretrain_suite_first_stage_frozen():
+    from torch.nn.modules.batchnorm import _BatchNorm
+    model = build_backbone(dict(type='InvertedResidualNet', frozen_stages=1))
+    model.init_weights()
+    model.train()
+    assert not any(p.requires_grad for p in model.conv1.parameters())
+    assert not any(p.requires_grad for p in model.layer1.parameters())
+    assert not any(m.training for m in model.layer1.modules()
+                   if isinstance(m, _BatchNorm))
+    assert all(p.requires_grad for p in model.layer2.parameters())
+
+
+def test_mmpretrain_suite_norm_eval():
+    from torch.nn.modules.batchnorm import _BatchNorm
+    model = build_backbone(dict(type='InvertedResidualNet', norm_eval=True))
+    model.init_weights()
+    model.train()
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    assert norms and not any(m.training for m in norms)
+
+
+@pytest.mark.parametrize('options,widths', [
+    (dict(widen_factor=1.0, out_indices=range(0, 8)), WIDTHS_1X),
+    (dict(widen_factor=0.5, out_indices=range(0, 7)),
+     (8, 16, 16, 32, 48, 80, 160)),
+    (dict(widen_factor=2.0), (2560, )),
+    (dict(widen_factor=1.0), (1280, )),
+    (dict(widen_factor=1.0, act_cfg=dict(type='ReLU'),
+          out_indices=range(0, 7)), WIDTHS_1X[:7]),
+    (dict(widen_factor=1.0, norm_cfg=dict(type='GN', num_groups=2,
+                                          requires_grad=True),
+          out_indices=range(0, 7)), WIDTHS_1X[:7]),
+    (dict(widen_factor=1.0, out_indices=(0, 2, 4)), (16, 32, 96)),
+    (dict(widen_factor=1.0, with_cp=True, out_indices=range(0, 7)),
+     WIDTHS_1X[:7]),
+])
+def test_mmpretrain_suite_forward(options, widths):
+    from torch.nn import GroupNorm
+    from torch.nn.modules.batchnorm import _BatchNorm
+    model = build_backbone(dict(type='InvertedResidualNet', **options))
+    model.init_weights()
+    model.train()
+    norm = GroupNorm if 'norm_cfg' in options else _BatchNorm
+    norms = [m for m in model.modules()
+             if isinstance(m, (GroupNorm, _BatchNorm))]
+    assert norms and all(isinstance(m, norm) for m in norms)
+    assert all(m.training for m in norms)
+    if options.get('with_cp'):
+        assert all(b.with_cp for b in _blocks(model))
+    out_indices = options.get('out_indices', (7, ))
+    sizes = [SIZES_64[i] for i in out_indices]
+    _check_outputs(model(torch.randn(1, 3, 64, 64)), widths, sizes)

@@ -26,8 +26,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsk.registry import MODELS, register_model
-from mmsk.utils import (check_choice, check_out_indices, check_positive_int,
-                        check_sequence, check_unit_interval)
+from mmsk.utils import (accepted_kwargs, check_bool, check_cfg, check_input,
+                        check_option, check_options, check_positive_int,
+                        check_positive_number, check_sync_bn,
+                        check_unit_interval, check_unknown_keys, instance_of,
+                        int_in, one_of, optional, out_indices_in, seq_of)
 from ..layers.selective_kernel import SKConv
 from ..deploy import Deployable, fold_for_deploy
 from ..layers.config import fast_path_enabled
@@ -49,19 +52,20 @@ MOBILENET_V2_ARCH = (
 DILATION_MODES = ('mmseg', 'timm')
 
 
-def _check_real(name, value, low=0.0):
-    if not isinstance(value, Real) or isinstance(value, bool) or \
-            not value > low:
-        raise ValueError(f'{name} must be a number > {low}, got {value!r}')
-    return float(value)
-
-
-def _check_cfg(name, cfg, optional=False):
-    if cfg is None and optional:
-        return
-    if not isinstance(cfg, dict) or 'type' not in cfg:
-        raise ValueError(f'{name} must be a dict with a "type" key, got '
-                         f'{cfg!r}')
+#: Options of :class:`InvertedResidualBlock` (option -> checker).
+BLOCK_OPTIONS = dict(
+    in_channels=check_positive_int,
+    out_channels=check_positive_int,
+    expand_ratio=check_positive_number,
+    stride=check_positive_int,
+    dilation=check_positive_int,
+    attn_cfg=optional(check_cfg),
+    conv_cfg=optional(check_cfg),
+    norm_cfg=check_cfg,
+    act_cfg=check_cfg,
+    drop_path_rate=check_unit_interval,
+    with_cp=check_bool,
+)
 
 
 def check_arch(arch) -> tuple:
@@ -146,13 +150,7 @@ class InvertedResidualBlock(Deployable, BaseModule):
                  with_cp: bool = False,
                  init_cfg=None):
         super().__init__(init_cfg)
-        check_positive_int('in_channels', in_channels)
-        check_positive_int('out_channels', out_channels)
-        check_positive_int('stride', stride)
-        check_positive_int('dilation', dilation)
-        _check_real('expand_ratio', expand_ratio)
-        check_unit_interval('drop_path_rate', drop_path_rate)
-        _check_cfg('attn_cfg', attn_cfg, optional=True)
+        check_options(self, locals(), BLOCK_OPTIONS)
         hidden = max(int(round(in_channels * expand_ratio)), 1)
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -280,8 +278,10 @@ class InvertedResidualNet(Deployable, BaseBackbone):
             row's (timm's ``output_stride``, DeepLab's convention; every
             block of a dilated stage sees the larger field).
         out_indices (int | Sequence[int]): ``i < R`` is the output of row
-            ``i``, ``R`` (or ``-1``) the final 1x1 conv. Nothing after the
-            largest index is built. Defaults to ``(-1, )``.
+            ``i``, ``R`` (or ``-1``) the final 1x1 conv; any sequence
+            (``range(8)`` too) of distinct indices in increasing order, as
+            the outputs come back in that order. Nothing after the largest
+            index is built. Defaults to ``(-1, )``.
         frozen_stages (int): Freeze (weights and norm statistics) the stem
             (``0``), rows ``1..k`` (``k``) and the head (``R + 1``).
             Defaults to -1 (nothing).
@@ -297,6 +297,10 @@ class InvertedResidualNet(Deployable, BaseBackbone):
             Defaults to False.
         init_cfg (dict | list[dict]): Initialisation (``Pretrained`` with
             ``prefix`` too).
+
+    Every option is type-checked (``norm_eval='no'`` is an error, not a
+    truthy string), and an unknown keyword is reported with its close
+    matches.
 
     Example:
         >>> model = InvertedResidualNet(out_indices=(1, 2, 4, 7))
@@ -334,8 +338,10 @@ class InvertedResidualNet(Deployable, BaseBackbone):
                          type='Constant',
                          val=1,
                          layer=['_BatchNorm', 'GroupNorm'])
-                 ]):
+                 ],
+                 **kwargs):
         super().__init__(init_cfg)
+        check_unknown_keys(self, kwargs, accepted_kwargs(type(self)))
         if isinstance(arch, str):
             if arch not in self.arch_zoo:
                 raise KeyError(f'invalid arch {arch!r}; choose from '
@@ -343,33 +349,36 @@ class InvertedResidualNet(Deployable, BaseBackbone):
             arch = self.arch_zoo[arch]
         self.arch = check_arch(arch)
         num_rows = len(self.arch)
-        widen_factor = _check_real('widen_factor', widen_factor)
-        depth_multiplier = _check_real('depth_multiplier', depth_multiplier)
-        for key in ('in_channels', 'stem_channels', 'stem_stride',
-                    'head_channels'):
-            check_positive_int(key, locals()[key])
         if strides is None:
             strides = [s for _, _, _, s in self.arch]
         if dilations is None:
             dilations = [1] * num_rows
-        for key, value in (('strides', strides), ('dilations', dilations)):
-            check_sequence(key, value, num_rows)
-            for i, v in enumerate(value):
-                check_positive_int(f'{key}[{i}]', v)
-        check_choice('dilation_mode', dilation_mode, DILATION_MODES)
-        self.out_indices = check_out_indices(
-            out_indices, num_rows + 1,
-            f'outputs ({num_rows} rows + the head conv)')
-        if not isinstance(frozen_stages, Integral) or \
-                isinstance(frozen_stages, bool) or \
-                not -1 <= frozen_stages <= num_rows + 1:
-            raise ValueError(f'frozen_stages must be in [-1, {num_rows + 1}],'
-                             f' got {frozen_stages!r}')
-        check_unit_interval('drop_path_rate', drop_path_rate)
-        _check_cfg('norm_cfg', norm_cfg)
-        _check_cfg('act_cfg', act_cfg)
-        _check_cfg('conv_cfg', conv_cfg, optional=True)
-        _check_cfg('attn_cfg', attn_cfg, optional=True)
+        opts = check_options(self, locals(), dict(
+            widen_factor=check_positive_number,
+            depth_multiplier=check_positive_number,
+            fix_stem_head=check_bool,
+            in_channels=check_positive_int,
+            stem_channels=check_positive_int,
+            stem_stride=check_positive_int,
+            head_channels=check_positive_int,
+            strides=seq_of(check_positive_int, num_rows),
+            dilations=seq_of(check_positive_int, num_rows),
+            dilation_mode=one_of(*DILATION_MODES),
+            out_indices=out_indices_in(
+                num_rows + 1, f'outputs ({num_rows} rows + the head conv)'),
+            frozen_stages=int_in(-1, num_rows + 1),
+            attn_cfg=optional(check_cfg),
+            conv_cfg=optional(check_cfg),
+            norm_cfg=check_cfg,
+            act_cfg=check_cfg,
+            norm_eval=check_bool,
+            with_cp=check_bool,
+            drop_path_rate=check_unit_interval,
+            init_cfg=optional(instance_of(dict, list)),
+        ))
+        self.out_indices = opts['out_indices']
+        self.in_channels = in_channels
+        widen_factor = float(widen_factor)
 
         self.widen_factor = widen_factor
         self.strides = tuple(strides)
@@ -429,8 +438,7 @@ class InvertedResidualNet(Deployable, BaseBackbone):
         if max(self.out_indices) == num_rows:
             self.conv2 = ConvModule(channels, head, 1, **layer_cfg)
             self.stage_names.append('conv2')
-        if not isinstance(deploy, bool):
-            raise ValueError(f'deploy must be a bool, got {deploy!r}')
+        check_option(self, 'deploy', deploy, check_bool)
         self.deploy = False
         if deploy:
             fold_for_deploy(self)
@@ -444,6 +452,8 @@ class InvertedResidualNet(Deployable, BaseBackbone):
         super().init_weights()
 
     def forward(self, x: torch.Tensor) -> tuple:
+        check_input(self, x, self.in_channels, self.conv1.conv.weight)
+        check_sync_bn(self, x)
         x = self.conv1(x)
         outs = []
         for i, name in enumerate(self.stage_names[1:]):

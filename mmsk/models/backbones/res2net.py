@@ -8,9 +8,13 @@ already registers ``Res2Net``, so mmsk's is ``MultiScaleResNet``.
 from typing import Optional
 
 from mmsk.registry import register_model
-from mmsk.utils import check_positive_int
+from mmsk.utils import check_options, check_positive_int, int_in
 from ..layers.res2 import Res2Conv
 from .resnet import Bottleneck, ResNetStages
+
+
+#: Options of the Res2Net bottleneck (and backbone) on top of the shared ones.
+RES2_OPTIONS = dict(scales=int_in(2, None), base_width=check_positive_int)
 
 
 @register_model
@@ -42,8 +46,7 @@ class Res2Bottleneck(Bottleneck):
         if width_per_group is not None:
             raise ValueError('Res2Bottleneck takes base_width (per split), '
                              'not width_per_group')
-        check_positive_int('scales', scales)
-        check_positive_int('base_width', base_width)
+        check_options(self, locals(), RES2_OPTIONS)
         super().__init__(
             *args,
             width_per_group=base_width * scales,
@@ -101,4 +104,5 @@ class MultiScaleResNet(ResNetStages):
             raise ValueError('MultiScaleResNet takes base_width (per split), '
                              'not width_per_group')
         kwargs.pop('width_per_group', None)
+        check_options(self, locals(), RES2_OPTIONS)
         super().__init__(depth, scales=scales, base_width=base_width, **kwargs)

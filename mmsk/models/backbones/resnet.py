@@ -18,7 +18,6 @@ The backbone subclasses mmpretrain's :class:`~mmpretrain.models.ResNet`, so
 learning-rate decay behave exactly as in mmpretrain.
 """
 import math
-from numbers import Integral
 from typing import Optional, Sequence, Union
 
 import torch
@@ -31,19 +30,41 @@ from mmpretrain.models.backbones.resnet import ResNet
 from torch import nn
 
 from mmsk.registry import MODELS
-from mmsk.utils import (check_choice, check_out_indices, check_positive_int,
-                        check_sequence, check_unit_interval)
+from mmsk.utils import (accepted_kwargs, check_bool, check_cfg, check_dict,
+                        check_input, check_option, check_options,
+                        check_positive_int, check_sync_bn, check_unit_interval,
+                        check_unknown_keys, instance_of, int_in, one_of,
+                        optional, out_indices_in, seq_of)
 from ..deploy import Deployable, fold_for_deploy
 from ..layers.config import fast_path_enabled
 from .pretrained import check_pretrained, pretrained_cfg
+
+#: The options both block shapes share (option -> checker).
+BLOCK_OPTIONS = dict(
+    in_channels=check_positive_int,
+    out_channels=check_positive_int,
+    expansion=check_positive_int,
+    stride=check_positive_int,
+    dilation=check_positive_int,
+    downsample=optional(instance_of(nn.Module)),
+    style=one_of('pytorch', 'caffe'),
+    groups=check_positive_int,
+    width_per_group=optional(check_positive_int),
+    base_channels=check_positive_int,
+    attn_cfg=optional(check_cfg),
+    attn_position=one_of('last', 'mid'),
+    aa_downsample=check_bool,
+    with_cp=check_bool,
+    conv_cfg=optional(check_cfg),
+    norm_cfg=check_cfg,
+    act_cfg=check_cfg,
+    drop_path_rate=check_unit_interval,
+)
 
 
 def _build_attn(attn_cfg: Optional[dict], channels: int):
     if attn_cfg is None:
         return None
-    if not isinstance(attn_cfg, dict) or 'type' not in attn_cfg:
-        raise ValueError(f'attn_cfg must be None or a dict with a "type", '
-                         f'got {attn_cfg!r}')
     return MODELS.build(dict(attn_cfg, in_channels=channels))
 
 
@@ -64,7 +85,6 @@ class _ResidualBlock(Deployable, BaseModule):
 
     def _init_tail(self, out_channels, downsample, attn_cfg, drop_path_rate,
                    act_cfg, with_cp):
-        check_unit_interval('drop_path_rate', drop_path_rate)
         self.downsample = downsample
         self.attn = _build_attn(attn_cfg, out_channels) \
             if self.attn_position == 'last' else None
@@ -77,11 +97,6 @@ class _ResidualBlock(Deployable, BaseModule):
     def _init_head(self, stride, style, attn_position, aa_downsample):
         """Checks the options shared by both shapes; returns the stride of
         the spatial conv."""
-        check_choice('style', style, ('pytorch', 'caffe'))
-        check_choice('attn_position', attn_position, ('last', 'mid'))
-        if not isinstance(aa_downsample, bool):
-            raise ValueError(f'aa_downsample must be a bool, got '
-                             f'{aa_downsample!r}')
         if aa_downsample and style == 'caffe':
             raise ValueError('aa_downsample needs style="pytorch" (the '
                              'stride is on the spatial conv)')
@@ -175,6 +190,8 @@ class BasicBlock(_ResidualBlock):
                  conv1_cfg: Optional[dict] = None,
                  init_cfg=None):
         super().__init__(init_cfg)
+        check_options(self, locals(),
+                      dict(BLOCK_OPTIONS, conv1_cfg=optional(check_dict)))
         if groups != 1 or (width_per_group is not None
                            and width_per_group != base_channels):
             raise ValueError(
@@ -285,17 +302,19 @@ class Bottleneck(_ResidualBlock):
                  channels_per_group: Optional[int] = None,
                  init_cfg=None):
         super().__init__(init_cfg)
+        check_options(
+            self, locals(),
+            dict(
+                BLOCK_OPTIONS,
+                conv2_cfg=optional(check_dict),
+                channels_per_group=optional(check_positive_int)))
         spatial_stride = self._init_head(stride, style, attn_position,
                                          aa_downsample)
-        if channels_per_group is not None:
-            check_positive_int('channels_per_group', channels_per_group)
-            if groups != 1:
-                raise ValueError(f'channels_per_group and groups={groups} '
-                                 f'are exclusive')
-        check_positive_int('groups', groups)
+        if channels_per_group is not None and groups != 1:
+            raise ValueError(f'channels_per_group and groups={groups} '
+                             f'are exclusive')
         if width_per_group is None:
             width_per_group = base_channels
-        check_positive_int('width_per_group', width_per_group)
         if out_channels % expansion:
             raise ValueError(f'out_channels ({out_channels}) must be '
                              f'divisible by expansion ({expansion})')
@@ -436,14 +455,6 @@ class ResLayer(Sequential):
         super().__init__(*blocks)
 
 
-def _check_cfg(name, cfg, optional=False):
-    if cfg is None and optional:
-        return
-    if not isinstance(cfg, dict) or 'type' not in cfg:
-        raise ValueError(f'{name} must be a dict with a "type" key, got '
-                         f'{cfg!r}')
-
-
 class ResNetStages(Deployable, ResNet):
     """The shared ResNet-style backbone of mmsk's families.
 
@@ -471,6 +482,12 @@ class ResNetStages(Deployable, ResNet):
     makes (every conv + BatchNorm folded, the two-branch SK select step as
     one logit; see :mod:`mmsk.models.deploy`), so folded checkpoints load.
 
+    Every option is type-checked by one table (``norm_eval='no'`` is an
+    error, not a truthy string); ``out_indices`` is any sequence of distinct
+    stage indices in increasing order (``range(4)`` too); an unknown option
+    is reported here, with its close matches, not by a block. ``forward``
+    checks the input's rank, channels and dtype first.
+
     Width options: ``stage_channels`` gives each stage's output channels
     (default ``base_channels * expansion * 2**i``); ``final_conv_channels``
     ends the last stage with a 1x1 conv + norm + act to that width (timm's
@@ -478,6 +495,14 @@ class ResNetStages(Deployable, ResNet):
     """
 
     arch_settings: dict = {}
+    #: What to say about a foreign option name (e.g. mmpretrain's).
+    option_hints: dict = {}
+    #: Block arguments the stage builder sets itself.
+    _builder_keys = frozenset(
+        ('in_channels', 'out_channels', 'expansion', 'stride', 'dilation',
+         'downsample', 'style', 'with_cp', 'conv_cfg', 'norm_cfg',
+         'drop_path_rate', 'groups', 'width_per_group', 'base_channels',
+         'attn_cfg', 'act_cfg', 'init_cfg'))
 
     def __init__(self,
                  depth: int,
@@ -528,18 +553,41 @@ class ResNetStages(Deployable, ResNet):
         if depth not in self.arch_settings:
             raise KeyError(f'invalid depth {depth!r} for {name}; choose '
                            f'from {sorted(self.arch_settings)}')
-        for key in ('in_channels', 'stem_channels', 'base_channels',
-                    'num_stages', 'groups'):
-            check_positive_int(key, locals()[key])
-        if not 1 <= num_stages <= 4:
-            raise ValueError(f'num_stages must be in [1, 4], got '
-                             f'{num_stages}')
-        for key, value in (('strides', strides), ('dilations', dilations)):
-            check_sequence(key, value, num_stages)
-            for v in value:
-                check_positive_int(f'{key}[i]', v)
-        out_indices = check_out_indices(out_indices, num_stages)
-        check_choice('style', style, ('pytorch', 'caffe'))
+        num_stages = check_option(self, 'num_stages', num_stages,
+                                  int_in(1, 4))
+        opts = check_options(self, locals(), dict(
+            in_channels=check_positive_int,
+            stem_channels=check_positive_int,
+            base_channels=check_positive_int,
+            expansion=optional(check_positive_int),
+            strides=seq_of(check_positive_int, num_stages),
+            dilations=seq_of(check_positive_int, num_stages),
+            out_indices=out_indices_in(num_stages),
+            style=one_of('pytorch', 'caffe'),
+            deep_stem=check_bool,
+            deep_stem_channels=optional(seq_of(check_positive_int, 2)),
+            cifar_stem=check_bool,
+            avg_down=check_bool,
+            aa_downsample=check_bool,
+            stem_pool=one_of('max', 'none'),
+            stage_channels=optional(seq_of(check_positive_int, num_stages)),
+            final_conv_channels=optional(check_positive_int),
+            frozen_stages=int_in(-1, num_stages),
+            groups=check_positive_int,
+            width_per_group=optional(check_positive_int),
+            attn_cfg=optional(check_cfg),
+            conv_cfg=optional(check_cfg),
+            norm_cfg=check_cfg,
+            act_cfg=check_cfg,
+            norm_eval=check_bool,
+            with_cp=check_bool,
+            zero_init_residual=check_bool,
+            drop_path_rate=check_unit_interval,
+            init_cfg=optional(instance_of(dict, list)),
+        ))
+        self._check_block_cfg(self.arch_settings[depth][0], block_cfg)
+        out_indices = opts['out_indices']
+        stage_channels = opts['stage_channels']
         if deep_stem and cifar_stem:
             raise ValueError('deep_stem and cifar_stem are exclusive')
         if deep_stem_channels is None:
@@ -547,43 +595,17 @@ class ResNetStages(Deployable, ResNet):
                 raise ValueError(f'deep_stem needs an even stem_channels, '
                                  f'got {stem_channels}')
             deep_stem_channels = (stem_channels // 2, ) * 2
-        else:
-            if not deep_stem:
-                raise ValueError('deep_stem_channels needs deep_stem=True')
-            check_sequence('deep_stem_channels', deep_stem_channels, 2)
-            for v in deep_stem_channels:
-                check_positive_int('deep_stem_channels[i]', v)
-        if not isinstance(aa_downsample, bool):
-            raise ValueError(f'aa_downsample must be a bool, got '
-                             f'{aa_downsample!r}')
+        elif not deep_stem:
+            raise ValueError('deep_stem_channels needs deep_stem=True')
         if aa_downsample and cifar_stem:
             raise ValueError('aa_downsample and cifar_stem are exclusive '
                              '(the CIFAR stem does not downsample)')
-        check_choice('stem_pool', stem_pool, ('max', 'none'))
         if stem_pool == 'none' and not deep_stem:
             raise ValueError('stem_pool="none" needs deep_stem=True (its last '
                              'conv takes the stride)')
         if stem_pool == 'none' and aa_downsample:
             raise ValueError('stem_pool="none" and aa_downsample are '
                              'exclusive')
-        if stage_channels is not None:
-            check_sequence('stage_channels', stage_channels, num_stages)
-            for v in stage_channels:
-                check_positive_int('stage_channels[i]', v)
-            stage_channels = tuple(stage_channels)
-        if final_conv_channels is not None:
-            check_positive_int('final_conv_channels', final_conv_channels)
-        if not isinstance(frozen_stages, Integral) or \
-                not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f'frozen_stages must be in [-1, {num_stages}], '
-                             f'got {frozen_stages!r}')
-        check_unit_interval('drop_path_rate', drop_path_rate)
-        _check_cfg('norm_cfg', norm_cfg)
-        _check_cfg('act_cfg', act_cfg)
-        _check_cfg('conv_cfg', conv_cfg, optional=True)
-        _check_cfg('attn_cfg', attn_cfg, optional=True)
-        if expansion is not None:
-            check_positive_int('expansion', expansion)
 
         # Read by the stem and stage hooks that ResNet.__init__ calls.
         self.act_cfg = act_cfg
@@ -608,8 +630,8 @@ class ResNetStages(Deployable, ResNet):
             base_channels=base_channels,
             expansion=expansion,
             num_stages=num_stages,
-            strides=tuple(strides),
-            dilations=tuple(dilations),
+            strides=opts['strides'],
+            dilations=opts['dilations'],
             out_indices=out_indices,
             style=style,
             deep_stem=deep_stem,
@@ -635,13 +657,29 @@ class ResNetStages(Deployable, ResNet):
             self.feat_dim = final_conv_channels
             # ResNet froze the stages before the conv was appended
             self._freeze_stages()
+        self.in_channels = in_channels
         self.out_channels = tuple(
             getattr(self, name)[-1].out_channels for name in self.res_layers)
-        if not isinstance(deploy, bool):
-            raise ValueError(f'deploy must be a bool, got {deploy!r}')
+        check_option(self, 'deploy', deploy, check_bool)
         self.deploy = False
         if deploy:
             fold_for_deploy(self)
+
+    def _check_block_cfg(self, block: type, block_cfg: dict):
+        """Options that are not the backbone's go to its blocks: refuse,
+        here and once, those that the blocks do not take either."""
+        known = accepted_kwargs(type(self)) | (
+            accepted_kwargs(block) - self._builder_keys)
+        check_unknown_keys(self, block_cfg, known, hints=self.option_hints)
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        check_input(self, x, self.in_channels, self._stem_weight())
+        check_sync_bn(self, x)
+        return super().forward(x)
+
+    def _stem_weight(self) -> torch.Tensor:
+        return self.stem[0].conv.weight if self.deep_stem else \
+            self.conv1.weight
 
     def make_res_layer(self, **kwargs):
         if self.stage_channels is not None:

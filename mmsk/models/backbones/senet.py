@@ -7,6 +7,9 @@ checkpointing and zero-init work exactly as in every other mmsk block.
 from typing import Optional
 
 from mmsk.registry import register_model
+from mmsk.utils import (accepted_kwargs, check_dict, check_options,
+                        check_unknown_keys, optional)
+from ..layers import SEAttention
 from .resnet import BasicBlock, Bottleneck, ResNetStages
 
 
@@ -68,11 +71,18 @@ class SENet(ResNetStages):
         269: (SEBottleneck, (3, 30, 48, 8)),
     }
 
+    option_hints = dict(
+        se_ratio='mmpretrain\'s se_ratio is se_cfg=dict(reduction=...) here')
+
     def __init__(self, depth: int, se_cfg: Optional[dict] = None, **kwargs):
         if 'attn_cfg' in kwargs:
             raise ValueError('SENet sets attn_cfg itself; pass se_cfg')
-        if se_cfg is not None and not isinstance(se_cfg, dict):
-            raise ValueError(f'se_cfg must be a dict, got {se_cfg!r}')
+        check_options(self, locals(), dict(se_cfg=optional(check_dict)))
+        check_unknown_keys(
+            self, se_cfg or {},
+            accepted_kwargs(SEAttention) - {'in_channels', 'num_paths',
+                                            'init_cfg'},
+            what='se_cfg key')
         super().__init__(
             depth, attn_cfg=dict(type='SEAttention', **(se_cfg or {})),
             **kwargs)

@@ -7,7 +7,9 @@ else is the shared stage builder.
 from typing import Optional
 
 from mmsk.registry import register_model
-from mmsk.utils import check_choice
+from mmsk.utils import (accepted_kwargs, check_dict, check_options,
+                        check_positive_int, check_unknown_keys, one_of,
+                        optional)
 from ..layers.selective_kernel import SK_FORMS, SKConv
 from ..layers.selective_kernel import sk_form as make_sk_form
 from .resnet import BasicBlock, Bottleneck, ResNetStages
@@ -28,6 +30,7 @@ class SKBasicBlock(BasicBlock):
     """
 
     def __init__(self, *args, sk_cfg: Optional[dict] = None, **kwargs):
+        check_options(self, locals(), dict(sk_cfg=optional(check_dict)))
         super().__init__(*args, conv1_cfg=sk_cfg, **kwargs)
 
     def make_conv1(self, in_channels, out_channels, stride, dilation,
@@ -48,6 +51,7 @@ class SKBottleneck(Bottleneck):
     """
 
     def __init__(self, *args, sk_cfg: Optional[dict] = None, **kwargs):
+        check_options(self, locals(), dict(sk_cfg=optional(check_dict)))
         super().__init__(*args, conv2_cfg=sk_cfg, **kwargs)
 
     def make_conv2(self, channels, stride, dilation, groups, stage_first,
@@ -110,12 +114,21 @@ class SKNet(ResNetStages):
                  groups: Optional[int] = None,
                  width_per_group: Optional[int] = None,
                  **kwargs):
-        check_choice('sk_form', sk_form, sorted(SK_FORMS))
+        check_options(self, locals(), dict(
+            sk_form=one_of(*sorted(SK_FORMS)),
+            sk_cfg=optional(check_dict),
+            groups=optional(check_positive_int),
+            width_per_group=optional(check_positive_int)))
         if depth not in self.arch_settings:
             raise KeyError(f'invalid depth {depth!r} for SKNet; choose from '
                            f'{sorted(self.arch_settings)}')
-        if sk_cfg is not None and not isinstance(sk_cfg, dict):
-            raise ValueError(f'sk_cfg must be a dict, got {sk_cfg!r}')
+        # the block sets the unit's channels, stride, dilation and groups
+        check_unknown_keys(
+            self, sk_cfg or {},
+            accepted_kwargs(SKConv) - {
+                'in_channels', 'out_channels', 'stride', 'dilation',
+                'groups', 'init_cfg'
+            }, what='sk_cfg key')
         basic = self.arch_settings[depth][0] is SKBasicBlock
         cfg = make_sk_form(sk_form)
         if sk_form == 'timm' and basic:

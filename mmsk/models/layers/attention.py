@@ -17,7 +17,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsk.registry import register_model
-from mmsk.utils import check_positive_int
+from mmsk.utils import (check_bool, check_cfg, check_non_negative_int,
+                        check_options, check_positive_int,
+                        check_positive_number, optional)
 from ..deploy import Deployable
 
 
@@ -93,8 +95,18 @@ class ChannelAttention(Deployable, BaseModule):
                  gate_cfg: dict = dict(type='Sigmoid'),
                  init_cfg=None):
         super().__init__(init_cfg)
-        check_positive_int('in_channels', in_channels)
-        check_positive_int('num_paths', num_paths)
+        check_options(self, locals(), dict(
+            in_channels=check_positive_int,
+            num_paths=check_positive_int,
+            reduction=check_positive_number,
+            divisor=optional(check_positive_int),
+            min_channels=check_non_negative_int,
+            attn_channels=optional(check_positive_int),
+            bias=check_bool,
+            conv_cfg=optional(check_cfg),
+            norm_cfg=optional(check_cfg),
+            act_cfg=check_cfg,
+            gate_cfg=check_cfg))
         if attn_channels is None:
             attn_channels = reduced_channels(in_channels, reduction, divisor,
                                              min_channels)
@@ -199,6 +211,8 @@ class SEAttention(ChannelAttention):
     """
 
     def __init__(self, in_channels: int, reduction: float = 16, **kwargs):
+        check_options(self, locals(), dict(
+            in_channels=check_positive_int, reduction=check_positive_number))
         if kwargs.pop('num_paths', 1) != 1:
             raise ValueError('SEAttention has one path (num_paths=1); '
                              'SKConv selects among several')

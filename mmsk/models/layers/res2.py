@@ -7,7 +7,8 @@ from mmengine.model import BaseModule, ModuleList
 from torch import nn
 
 from mmsk.registry import register_model
-from mmsk.utils import check_positive_int
+from mmsk.utils import (check_bool, check_cfg, check_options,
+                        check_positive_int, int_in, optional)
 from ..deploy import Deployable
 
 
@@ -44,10 +45,16 @@ class Res2Conv(Deployable, BaseModule):
                  act_cfg: dict = dict(type='ReLU'),
                  init_cfg=None):
         super().__init__(init_cfg)
-        check_positive_int('scales', scales)
-        if scales < 2:
-            raise ValueError(f'scales must be >= 2 (scales=1 is a plain '
-                             f'ResNet bottleneck), got {scales}')
+        check_options(self, locals(), dict(
+            channels=check_positive_int,
+            scales=int_in(2, None),
+            stride=check_positive_int,
+            dilation=check_positive_int,
+            groups=check_positive_int,
+            stage_first=check_bool,
+            conv_cfg=optional(check_cfg),
+            norm_cfg=check_cfg,
+            act_cfg=check_cfg))
         if channels % scales:
             raise ValueError(f'channels ({channels}) must be divisible by '
                              f'scales ({scales})')

@@ -20,7 +20,9 @@ from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule, ModuleList
 
 from mmsk.registry import register_model
-from mmsk.utils import check_positive_int
+from mmsk.utils import (check_bool, check_cfg, check_non_negative_int,
+                        check_options, check_positive_int,
+                        check_positive_number, instance_of, one_of, optional)
 from ..deploy import Deployable
 from .attention import ChannelAttention
 from .config import fast_path_enabled
@@ -136,12 +138,21 @@ class SKConv(Deployable, BaseModule):
                  attn_norm_cfg='same',
                  init_cfg=None):
         super().__init__(init_cfg)
-        check_positive_int('in_channels', in_channels)
-        check_positive_int('out_channels', out_channels)
-        check_positive_int('stride', stride)
-        check_positive_int('dilation', dilation)
-        check_positive_int('groups', groups)
-        if not isinstance(branches, (list, tuple)) or len(branches) < 2:
+        check_options(self, locals(), dict(
+            in_channels=check_positive_int,
+            out_channels=check_positive_int,
+            stride=check_positive_int,
+            dilation=check_positive_int,
+            groups=check_positive_int,
+            branches=instance_of(list, tuple),
+            reduction=check_positive_number,
+            min_channels=check_non_negative_int,
+            divisor=optional(check_positive_int),
+            split_input=check_bool,
+            conv_cfg=optional(check_cfg),
+            norm_cfg=optional(check_cfg),
+            act_cfg=check_cfg))
+        if len(branches) < 2:
             raise ValueError('branches must list at least 2 branch dicts '
                              f'(M >= 2), got {branches!r}')
         self.num_paths = len(branches)
@@ -197,8 +208,9 @@ class SKConv(Deployable, BaseModule):
         elif attn_norm_cfg is not None and (
                 not isinstance(attn_norm_cfg, dict)
                 or 'type' not in attn_norm_cfg):
-            raise ValueError(f'attn_norm_cfg must be "same", None or a dict '
-                             f'with a "type", got {attn_norm_cfg!r}')
+            raise ValueError(f'{type(self).__name__}: attn_norm_cfg must be '
+                             f'"same", None or a dict with a "type", got '
+                             f'{attn_norm_cfg!r}')
         self.attn = ChannelAttention(
             out_channels,
             num_paths=self.num_paths,
@@ -285,6 +297,10 @@ class SKAttention(SKConv):
             if key in kwargs:
                 raise ValueError(f'SKAttention keeps the shape of its input '
                                  f'and takes no {key}; use SKConv instead')
+        check_options(self, locals(), dict(
+            in_channels=check_positive_int,
+            sk_form=one_of(*sorted(SK_FORMS)),
+            groups=check_positive_int))
         super().__init__(
             in_channels, in_channels, groups=groups,
             **_form_kwargs(sk_form, **kwargs))

@@ -1,0 +1,375 @@
+"""Options and inputs that are wrong get one clear error, at the backbone.
+
+Every option of every backbone, block and layer is type-checked (a string
+is not a bool), ``out_indices`` keeps the order asked for or is refused,
+unknown options are named with their close matches, and a bad input tensor
+is refused at the backbone's entry without getting in the way of tracing
+and export.
+"""
+import copy
+import inspect
+
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from conftest import build_backbone
+from test_backbones import BACKBONES, FAMILIES
+
+# a small configuration of every backbone class (every class: checked below)
+FIRST_OF_EACH = {
+    'SKNet': 'sknet18-paper',
+    'SENet': 'senet18',
+    'MultiScaleResNet': 'res2net26-6w4s',
+    'InvertedResidualNet': 'mobilenet-v2-w0.25',
+}
+TYPES = sorted(FIRST_OF_EACH)
+
+
+def test_every_backbone_class_is_checked():
+    assert {cfg['type'] for cfg in BACKBONES.values()} == set(TYPES)
+    assert all(BACKBONES[n]['type'] == t for t, n in FIRST_OF_EACH.items())
+
+
+def _cfg(name, **overrides):
+    cfg = copy.deepcopy(BACKBONES[name])
+    cfg.update(overrides)
+    return cfg
+
+
+def _family(name):
+    return FAMILIES[BACKBONES[name]['type']]
+
+
+def _defaults(cls):
+    """Default of every keyword the class takes (following ``**kwargs`` up
+    the bases)."""
+    defaults = {}
+    for klass in cls.__mro__:
+        if '__init__' not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        for p in params:
+            if p.default is not p.empty:
+                defaults.setdefault(p.name, p.default)
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return defaults
+
+
+def _wrong_type(default):
+    """A value of the wrong type for an option with this default, or None
+    where the default says nothing about the type."""
+    if isinstance(default, bool):
+        return 'no'  # truthy: would silently mean True
+    if isinstance(default, (int, float)):
+        return str(default)
+    if isinstance(default, (dict, list, tuple)):
+        return 'x'
+    return None
+
+
+def _typed_options(type_name):
+    import mmsk  # noqa: F401
+    from mmsk.registry import MODELS
+    cls = MODELS.get(type_name)
+    return sorted((key, bad) for key, default in _defaults(cls).items()
+                  if (bad := _wrong_type(default)) is not None)
+
+
+TYPED = [
+    pytest.param(t, key, bad, id=f'{t}-{key}') for t in TYPES
+    for key, bad in _typed_options(t)
+]
+
+
+@pytest.mark.parametrize('type_name,key,bad', TYPED)
+def test_every_typed_backbone_option_refuses_the_wrong_type(
+        type_name, key, bad):
+    """Derived from the signatures, so a new option is covered the day it
+    is added: a bool refuses 'no', an int '2', a cfg 'x'."""
+    with pytest.raises((TypeError, ValueError, KeyError)) as info:
+        build_backbone(_cfg(FIRST_OF_EACH[type_name], **{key: bad}))
+    message = str(info.value)
+    assert key in message and type_name in message, message
+
+
+def test_the_table_covers_the_options_of_the_issue():
+    keys = {(t, key) for t in TYPES for key, _ in _typed_options(t)}
+    for t in TYPES:
+        for key in ('norm_eval', 'with_cp', 'frozen_stages', 'in_channels',
+                    'norm_cfg', 'act_cfg', 'drop_path_rate', 'out_indices'):
+            assert (t, key) in keys
+
+
+@pytest.mark.parametrize('type_name', TYPES)
+@pytest.mark.parametrize('key', ['norm_eval', 'with_cp'])
+def test_string_bools_raise_and_name_the_option(type_name, key):
+    name = FIRST_OF_EACH[type_name]
+    with pytest.raises(TypeError,
+                       match=rf"{type_name}: {key} must be a bool .*"
+                       rf"'no' \(str\)"):
+        build_backbone(_cfg(name, **{key: 'no'}))
+    # also a ValueError, for callers that caught the older checks
+    with pytest.raises(ValueError, match=key):
+        build_backbone(_cfg(name, **{key: 0}))
+    # and the real bools still mean what they say
+    model = build_backbone(_cfg(name, **{key: True}))
+    assert getattr(model, key) is True
+
+
+# one bad value of each kind per family: (options, error, message pattern)
+FAMILY_BAD = {
+    'resnet': [
+        (dict(frozen_stages=1.0), TypeError, r'frozen_stages must be an int'),
+        (dict(deep_stem='yes'), TypeError, 'deep_stem must be a bool'),
+        (dict(stem_channels=8.0), TypeError, 'stem_channels must be a '
+         'positive int'),
+        (dict(strides=(1, 2, 2, '2')), TypeError, r'strides\[3\]'),
+        (dict(drop_path_rate='0.1'), TypeError, 'drop_path_rate'),
+        (dict(conv_cfg='conv'), TypeError, 'conv_cfg must be a dict'),
+        (dict(out_indices='3'), TypeError, 'out_indices must be an int or'),
+        (dict(out_indices=(1.0, )), TypeError, 'out_indices entries'),
+    ],
+    'ir': [
+        (dict(widen_factor='0.5'), TypeError, 'widen_factor must be a '
+         'number'),
+        (dict(fix_stem_head=1), TypeError, 'fix_stem_head must be a bool'),
+        (dict(frozen_stages=True), TypeError, 'frozen_stages must be an int'),
+        (dict(dilation_mode=1), ValueError, 'dilation_mode must be one of'),
+        (dict(stem_stride=2.0), TypeError, 'stem_stride'),
+        (dict(out_indices=(7.0, )), TypeError, 'out_indices entries'),
+    ],
+}
+
+
+@pytest.mark.parametrize('name,bad,error,pattern', [
+    pytest.param(name, bad, error, pattern, id=f'{name}-{i}')
+    for name in (FIRST_OF_EACH['SKNet'], FIRST_OF_EACH['InvertedResidualNet'])
+    for i, (bad, error, pattern) in enumerate(
+        FAMILY_BAD['ir' if 'mobilenet' in name else 'resnet'])
+])
+def test_wrong_types_are_named_with_the_value(name, bad, error, pattern):
+    with pytest.raises(error, match=pattern) as info:
+        build_backbone(_cfg(name, **bad))
+    # the class and the given value (or its bad item) are in the message
+    message = str(info.value)
+    value = next(iter(bad.values()))
+    items = value if isinstance(value, tuple) else (value, )
+    assert BACKBONES[name]['type'] in message
+    assert any(repr(v) in message for v in items), message
+
+
+# -------------------------------------------------------- blocks and layers
+def _block_cases():
+    from mmsk.models import InvertedResidualBlock
+    from mmsk.models.backbones import (BasicBlock, Bottleneck, Res2Bottleneck,
+                                       SEBasicBlock, SEBottleneck,
+                                       SKBasicBlock, SKBottleneck)
+    from mmsk.models.layers import (ChannelAttention, Res2Conv, SEAttention,
+                                    SKAttention, SKConv)
+    return [
+        (BasicBlock, (8, 8), dict(with_cp='no'), 'with_cp'),
+        (BasicBlock, (8, 8), dict(aa_downsample=1), 'aa_downsample'),
+        (Bottleneck, (32, 32), dict(with_cp='no'), 'with_cp'),
+        (Bottleneck, (32, 32), dict(stride=2.0), 'stride'),
+        (Bottleneck, (32, 32), dict(norm_cfg='BN'), 'norm_cfg'),
+        (SKBasicBlock, (8, 8), dict(sk_cfg='timm'), 'sk_cfg'),
+        (SKBottleneck, (64, 64), dict(with_cp='no'), 'with_cp'),
+        (SEBasicBlock, (8, 8), dict(drop_path_rate='0.1'), 'drop_path_rate'),
+        (SEBottleneck, (64, 64), dict(attn_position=1), 'attn_position'),
+        (Res2Bottleneck, (64, 64), dict(scales=4.0), 'scales'),
+        (Res2Bottleneck, (64, 64), dict(base_width='26'), 'base_width'),
+        (InvertedResidualBlock, (8, 8), dict(with_cp='no'), 'with_cp'),
+        (InvertedResidualBlock, (8, 8), dict(expand_ratio='6'),
+         'expand_ratio'),
+        (SKConv, (8, 8), dict(split_input='no'), 'split_input'),
+        (SKConv, (8, 8), dict(reduction='16'), 'reduction'),
+        (SKConv, (8, 8), dict(branches=None), 'branches'),
+        (SKAttention, (64, ), dict(groups='32'), 'groups'),
+        (SKAttention, (64, ), dict(sk_form='nope'), 'sk_form'),
+        (ChannelAttention, (8, ), dict(bias='no'), 'bias'),
+        (ChannelAttention, (8, ), dict(gate_cfg='sigmoid'), 'gate_cfg'),
+        (SEAttention, (8, ), dict(reduction='16'), 'reduction'),
+        (Res2Conv, (16, ), dict(stage_first='no'), 'stage_first'),
+        (Res2Conv, (16, ), dict(scales=1), 'scales'),
+    ]
+
+
+@pytest.mark.parametrize('index', range(len(_block_cases())))
+def test_blocks_and_layers_check_their_options(index):
+    cls, args, bad, key = _block_cases()[index]
+    with pytest.raises(ValueError, match=rf'{cls.__name__}: {key} must'):
+        cls(*args, **bad)
+
+
+# ------------------------------------------------------------- out_indices
+@pytest.mark.parametrize('type_name', TYPES)
+@pytest.mark.parametrize('bad,word', [
+    (lambda n: (1, 1), 'repeats'),
+    (lambda n: (3, 0), 'increasing order'),
+    (lambda n: (-1, 0), 'increasing order'),
+    (lambda n: (3, 3 - n), 'repeats'),  # 3 - n is 3 counted from the end
+])
+def test_out_indices_duplicates_and_order_are_refused(type_name, bad, word):
+    name = FIRST_OF_EACH[type_name]
+    out_indices = bad(len(_family(name).all_outputs))
+    with pytest.raises(ValueError, match=rf'out_indices .*{word}'):
+        build_backbone(_cfg(name, out_indices=out_indices))
+
+
+@pytest.mark.parametrize('type_name', ['SKNet', 'InvertedResidualNet'])
+def test_out_indices_take_any_sequence(type_name):
+    name = FIRST_OF_EACH[type_name]
+    outputs = _family(name).all_outputs
+    x = torch.rand(1, 3, 32, 32)
+    ref = build_backbone(_cfg(name, out_indices=outputs)).eval()
+    with torch.no_grad():
+        expected = ref(x)
+    n = len(outputs)
+    for out_indices, picked in [(range(n), range(n)),
+                                (list(outputs[1:]), range(1, n)),
+                                ((0, -1), (0, n - 1)),
+                                (-2, (n - 2, ))]:
+        model = build_backbone(_cfg(name, out_indices=out_indices)).eval()
+        assert model.out_indices == tuple(picked)
+        model.load_state_dict(ref.state_dict(), strict=False)
+        with torch.no_grad():
+            outs = model(x)
+        assert len(outs) == len(picked)
+        for out, i in zip(outs, picked):
+            torch.testing.assert_close(out, expected[i])
+
+
+# ------------------------------------------------------- unknown options
+@pytest.mark.parametrize('cfg,pattern', [
+    (dict(type='SKNet', depth=18, dept=50), r"SKNet got unknown option "
+     r"'dept' \(did you mean depth"),
+    (dict(type='SENet', depth=18, se_ratio=16), r"SENet got unknown option "
+     r"'se_ratio' \(.*se_cfg=dict\(reduction"),
+    (dict(type='MultiScaleResNet', depth=26, scale=4), r"MultiScaleResNet "
+     r"got unknown option 'scale' \(did you mean scales"),
+    (dict(type='InvertedResidualNet', widen_factr=0.5),
+     r"InvertedResidualNet got unknown option 'widen_factr' \(did you mean "
+     r"widen_factor"),
+    (dict(type='SKNet', depth=18, norm_evel=True, with_cpp=True),
+     r"SKNet got unknown options 'norm_evel' .*norm_eval.*'with_cpp' .*"
+     r"with_cp"),
+    (dict(type='SKNet', depth=18, sk_cfg=dict(reductoin=8)),
+     r"SKNet got unknown sk_cfg key 'reductoin' \(did you mean reduction"),
+    (dict(type='SENet', depth=18, se_cfg=dict(ratio=8)),
+     r"SENet got unknown se_cfg key 'ratio'"),
+])
+def test_unknown_options_are_named_at_the_backbone(cfg, pattern):
+    with pytest.raises(TypeError, match=pattern) as info:
+        build_backbone(cfg)
+    assert 'Block' not in str(info.value)
+
+
+def test_block_options_still_pass_through_the_backbone():
+    model = build_backbone(
+        dict(type='SENet', depth=50, attn_position='mid', stem_channels=8,
+             base_channels=8))
+    assert model.layer1[0].mid_attn is not None
+
+
+@pytest.mark.parametrize('type_name', TYPES)
+def test_unregistered_norm_type_is_named(type_name):
+    name = FIRST_OF_EACH[type_name]
+    with pytest.raises(KeyError, match=r"norm_cfg type 'NoSuchNorm' is not "
+                       r'registered'):
+        build_backbone(_cfg(name, norm_cfg=dict(type='NoSuchNorm')))
+    with pytest.raises(KeyError, match=r"'SyncBn' .*did you mean .*SyncBN"):
+        build_backbone(_cfg(name, norm_cfg=dict(type='SyncBn')))
+    with pytest.raises(KeyError, match=r"act_cfg type 'Relu' .*ReLU"):
+        build_backbone(_cfg(name, act_cfg=dict(type='Relu')))
+
+
+# ------------------------------------------------------------ bad inputs
+BAD_INPUTS = [
+    (lambda: torch.rand(2, 1, 32, 32), ValueError, r'\(2, 1, 32, 32\)'),
+    (lambda: torch.rand(2, 4, 32, 32), ValueError, r'\(2, 4, 32, 32\)'),
+    (lambda: torch.rand(3, 32, 32), ValueError, r'\(3, 32, 32\)'),
+    (lambda: torch.rand(1, 2, 3, 32, 32), ValueError, r'\(1, 2, 3, 32, 32\)'),
+    (lambda: torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8),
+     TypeError, 'floating-point input .*torch.uint8'),
+    (lambda: torch.randint(0, 255, (2, 3, 32, 32)), TypeError,
+     'floating-point input .*torch.int64'),
+    (lambda: torch.rand(2, 3, 32, 32, dtype=torch.float64), TypeError,
+     'torch.float32 weights but got torch.float64'),
+    (lambda: torch.rand(2, 3, 32, 32).half(), TypeError,
+     'torch.float32 weights but got torch.float16'),
+    (lambda: [torch.rand(2, 3, 32, 32)], TypeError, 'expects a tensor'),
+]
+
+
+@pytest.mark.parametrize('type_name', TYPES)
+def test_bad_inputs_get_one_clear_error_at_the_entry(type_name):
+    model = build_backbone(_cfg(FIRST_OF_EACH[type_name])).eval()
+    for make, error, pattern in BAD_INPUTS:
+        with pytest.raises(error, match=pattern) as info:
+            model(make())
+        message = str(info.value)
+        assert type_name in message, message
+        if error is ValueError:
+            assert '(N, 3, H, W)' in message
+    # what fits runs: 3 channels, any size; fp64 once the model is fp64
+    with torch.no_grad():
+        model(torch.rand(1, 3, 40, 24))
+        model.double()(torch.rand(1, 3, 32, 32, dtype=torch.float64))
+
+
+@pytest.mark.parametrize('type_name', TYPES)
+def test_in_channels_sets_the_expected_input(type_name):
+    model = build_backbone(_cfg(FIRST_OF_EACH[type_name],
+                                in_channels=1)).eval()
+    with torch.no_grad():
+        model(torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r'\(N, 1, H, W\).*\(1, 3, 32, 32\)'):
+        model(torch.rand(1, 3, 32, 32))
+
+
+def test_autocast_inputs_are_accepted():
+    model = build_backbone(_cfg(FIRST_OF_EACH['SKNet'])).eval()
+    with torch.autocast('cpu', dtype=torch.bfloat16), torch.no_grad():
+        model(torch.rand(1, 3, 32, 32, dtype=torch.bfloat16))
+
+
+def test_input_check_does_not_break_fx_and_export():
+    model = build_backbone(_cfg(FIRST_OF_EACH['SKNet'])).eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    traced = torch.fx.symbolic_trace(model)
+    assert not any('check' in str(n.target) for n in traced.graph.nodes)
+    exported = torch.export.export(model, (x, ))
+    jit = torch.jit.trace(model, (x, ), strict=False)
+    with torch.no_grad():
+        for run in (traced, exported.module(), jit):
+            for out, ref in zip(run(x), expected):
+                torch.testing.assert_close(out, ref)
+
+
+# ----------------------------------------------------------------- SyncBN
+def test_sync_bn_on_cpu_in_a_distributed_run_says_what_to_do(tmp_path):
+    import torch.distributed as dist
+    cfg = _cfg(FIRST_OF_EACH['SKNet'], norm_cfg=dict(type='SyncBN'))
+    model = build_backbone(cfg).train()
+    x = torch.rand(2, 3, 32, 32)
+    # one process, no process group: torch falls back to plain BN
+    model(x)
+    dist.init_process_group(
+        'gloo', init_method=f'file://{tmp_path}/pg', rank=0, world_size=1)
+    try:
+        with pytest.raises(RuntimeError,
+                           match=r'SKNet uses SyncBN .*needs GPUs .*'
+                           r"plain BN: norm_cfg=dict\(type=\"BN\"\)"):
+            model(x)
+        # eval mode and norm_eval do not synchronise: they run
+        model.eval()(x)
+        frozen = build_backbone(dict(cfg, norm_eval=True)).train()
+        assert not any(m.training for m in frozen.modules()
+                       if isinstance(m, _BatchNorm))
+        frozen(x)
+    finally:
+        dist.destroy_process_group()
