@@ -153,7 +153,8 @@ def test_onnx_onnxruntime(name, mode, exporter, opset, tmp_path):
                           opset_version=opset, input_names=['input'],
                           output_names=names)
     session = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
-    got = [torch.from_numpy(a) for a in session.run(None, {'input': x.numpy()})]
+    got = session.run(None, {'input': x.numpy()})
+    got = [torch.from_numpy(a) for a in got]
     assert_outputs_close(got, run(model, x), atol=1e-4, rtol=1e-4)
 
 

@@ -21,7 +21,8 @@ def ort_run(onnx_file, x):
     import onnxruntime as ort
     session = ort.InferenceSession(
         onnx_file, providers=['CPUExecutionProvider'])
-    return [torch.from_numpy(a) for a in session.run(None, {'input': x.numpy()})]
+    outs = session.run(None, {'input': x.numpy()})
+    return [torch.from_numpy(a) for a in outs]
 
 
 def test_classifier_through_mmdeploy(tmp_path):

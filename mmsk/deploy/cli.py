@@ -44,8 +44,8 @@ def pytorch2onnx(config,
         config.merge_from_dict(cfg_options)
     model = build_classifier(config, checkpoint, deploy=deploy)
     what = 'backbone features' if features else 'classifier'
-    log(f'exporting the {what} of {type(model.backbone).__name__} ({"deploy" if deploy else "plain"}'
-        f' mode, {exporter} exporter, opset '
+    log(f'exporting the {what} of {type(model.backbone).__name__} '
+        f'({"deploy" if deploy else "plain"} mode, {exporter} exporter, opset '
         f'{opset or DEFAULT_OPSETS.get(exporter)}, '
         f'{"dynamic" if dynamic else "static"} shape) to {out}')
     export_onnx(model, out, shape, dynamic=dynamic, features=features,

@@ -31,7 +31,7 @@ op                            FLOPs
 """
 from typing import Any, List
 
-#: ops added to mmengine's default FLOP handles by :func:`register_flop_handles`
+#: ops :func:`register_flop_handles` adds to mmengine's default FLOP handles
 ATTENTION_OPS = ('aten::sigmoid', 'aten::softmax', 'aten::mul', 'aten::mul_',
                  'aten::add', 'aten::add_', 'aten::sub', 'aten::lerp',
                  'aten::sum', 'aten::mean')
