@@ -102,8 +102,12 @@ def load_local_checkpoint(filename: str, map_location=None):
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
+    # only the entries not allowed already: leaving the context removes
+    # them, and must not remove what add_safe_globals allowed for good
+    present = set(torch.serialization.get_safe_globals())
+    extra = [g for g in allowed_globals() if g not in present]
     try:
-        with torch.serialization.safe_globals(allowed_globals()):
+        with torch.serialization.safe_globals(extra):
             return torch.load(
                 filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

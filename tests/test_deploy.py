@@ -1,135 +1,169 @@
-"""``tools/deployment/pytorch2onnx.py`` and :mod:`mmsk.deploy.onnx`.
-
-Every family and form (SKNet in its three SK forms, SENet, Res2Net incl.
-v1b / Res2NeXt, InvertedResidualNet with SE and SK slots, and output-stride-8
-dilated backbones exporting their features) is exported at tiny width as an
-MNIST5k classifier, in plain and deploy mode, with static and dynamic shapes,
-and checked with onnxruntime on random and real digits. Each case runs four
-ways: (plain, static, dynamo), (plain, dynamic, torchscript), (deploy,
-static, torchscript), (deploy, dynamic, dynamo), so that every mode meets
-both shapes and both exporters.
-"""
+"""Deploy folding: ``switch_to_deploy()`` and ``deploy=True`` on every
+backbone and block (see :mod:`mmsk.models.deploy`)."""
 import copy
 
 import pytest
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from conftest import MAIN_CONFIG, ROOT, build_backbone, randomize_bn, \
-    run_python
-from test_backbones import BACKBONES, FAMILIES
+from conftest import ROOT, build_backbone, randomize_bn, run_python
+from test_backbones import BACKBONES, _cfg, _family
 
-SHAPE = (32, 32)
-# case -> (backbone config name, overrides, export the features)
-CASES = {
-    'sknet18-paper': ('sknet18-paper', {}, False),
-    'sknet34-pytorchinsight': ('sknet34-pytorchinsight', {}, False),
-    'sknet18-timm': ('sknet18-timm', {}, False),
-    'senet18': ('senet18', {}, False),
-    'res2net26': ('res2net26-6w4s', {}, False),
-    'res2next50-v1b': ('res2next50-v1b', {}, False),
-    'se-mobilenet-v2': ('se-mobilenet-v2', {}, False),
-    'sk-mobilenet-v2': ('sk-mobilenet-v2', {}, False),
-    'sknet50-d8-features': ('sknet50-paper',
-                            FAMILIES['SKNet'].dilated, True),
-    'mobilenet-v2-d8-features': ('mobilenet-v2-w0.25',
-                                 FAMILIES['InvertedResidualNet'].dilated,
-                                 True),
+# the suite's backbones, and the output-stride-8 form of each family:
+# id -> (suite entry, config)
+CASES = {name: (name, _cfg(name)) for name in BACKBONES}
+CASES.update({
+    f'{name}-os8': (name, _cfg(name, **_family(name).dilated))
+    for name in ('sknet18-timm', 'senet50', 'res2next50-v1b',
+                 'sk-mobilenet-v2')
+})
+
+
+def _trained_like(model, seed=0):
+    """Initialised weights with non-trivial norm statistics and scales, and
+    no zero-initialised last norms, so that every path contributes."""
+    model.init_weights()
+    return randomize_bn(model, seed)
+
+
+def _outputs(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.mark.parametrize('name', sorted(CASES))
+def test_switch_to_deploy_folds_every_norm_and_keeps_outputs(name, tmp_path):
+    entry, cfg = CASES[name]
+    cfg = dict(cfg, out_indices=_family(entry).all_outputs)
+    model = _trained_like(build_backbone(cfg))
+    x = torch.randn(2, 3, 32, 32)
+    want = _outputs(model, x)
+    assert any(isinstance(m, _BatchNorm) for m in model.modules())
+    assert model.switch_to_deploy() is model
+    assert model.deploy
+    assert not any(isinstance(m, _BatchNorm) for m in model.modules())
+    # two-branch SK units select with one C-wide logit
+    for m in model.modules():
+        if type(m).__name__ == 'ChannelAttention' and m.num_paths == 2:
+            assert m.collapsed and m.expand.out_channels == m.in_channels
+    got = _outputs(model, x)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    model.switch_to_deploy()  # idempotent
+    torch.testing.assert_close(_outputs(model, x)[-1], want[-1], atol=1e-4,
+                               rtol=1e-4)
+    # deploy=True builds the same structure: the folded weights reload
+    path = tmp_path / 'deploy.pth'
+    torch.save(model.state_dict(), path)
+    rebuilt = build_backbone(dict(cfg, deploy=True))
+    assert not any(isinstance(m, _BatchNorm) for m in rebuilt.modules())
+    rebuilt.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    for a, b in zip(_outputs(rebuilt, x), want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('cfg', [
+    dict(type='SKNet', depth=50),
+    dict(type='SKNet', depth=50, sk_form='pytorchinsight'),
+    dict(type='SENet', depth=50, groups=32, width_per_group=4),
+    dict(type='MultiScaleResNet', depth=50, deep_stem=True, avg_down=True),
+    dict(type='InvertedResidualNet', attn_cfg=dict(type='SKConv')),
+], ids=lambda c: c['type'] + '-' + str(c.get('depth', 'v2')))
+def test_full_width_folding_within_1e4(cfg):
+    model = build_backbone(cfg)
+    model.init_weights()
+    randomize_bn(model)
+    x = torch.randn(1, 3, 64, 64)
+    want = _outputs(model, x)[-1]
+    got = _outputs(model.switch_to_deploy(), x)[-1]
+    assert (got - want).abs().max() <= 1e-4 * max(1.0, want.abs().max())
+
+
+# block -> constructor arguments, input channels
+BLOCKS = {
+    'SKConv': (dict(in_channels=32, out_channels=32, groups=4), 32),
+    'SKAttention': (dict(in_channels=32, groups=4), 32),
+    'ChannelAttention': (dict(in_channels=32, num_paths=2,
+                              norm_cfg=dict(type='BN')), 32),
+    'SEAttention': (dict(in_channels=32), 32),
+    'Res2Conv': (dict(channels=32, scales=4), 32),
+    'SKBasicBlock': (dict(in_channels=32, out_channels=32), 32),
+    'SEBasicBlock': (dict(in_channels=32, out_channels=32), 32),
+    'SKBottleneck': (dict(in_channels=64, out_channels=64, groups=2,
+                          width_per_group=32), 64),
+    'SEBottleneck': (dict(in_channels=64, out_channels=64), 64),
+    'Res2Bottleneck': (dict(in_channels=256, out_channels=256), 256),
+    'InvertedResidualBlock': (dict(in_channels=32, out_channels=32,
+                                   attn_cfg=dict(type='SEAttention')), 32),
 }
-WAYS = [('plain', 'static', 'dynamo'), ('plain', 'dynamic', 'torchscript'),
-        ('deploy', 'static', 'torchscript'), ('deploy', 'dynamic', 'dynamo')]
 
 
-def classifier_config(case):
-    """The main job's MNIST5k config with the case's tiny backbone."""
+@pytest.mark.parametrize('block', sorted(BLOCKS))
+def test_every_block_switches_to_deploy(block):
+    import mmsk  # noqa: F401
+    from mmsk.models.layers import ChannelAttention, attention_weights
+    from mmsk.registry import MODELS
+    args, channels = BLOCKS[block]
+    module = randomize_bn(MODELS.build(dict(type=block, **args))).eval()
+    x = torch.randn(2, channels, 8, 8)
+    want = _outputs(module, x)
+    module.switch_to_deploy()
+    assert not any(isinstance(m, _BatchNorm) for m in module.modules())
+    got = _outputs(module, x)
+    if type(module) is ChannelAttention:  # one logit for two paths
+        assert got.shape == (2, 1, 32, 1, 1)
+        got, want = attention_weights(got, 2), attention_weights(want, 2)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_deploy_refuses_what_it_cannot_fold():
+    with pytest.raises(ValueError, match='deploy'):
+        build_backbone(dict(BACKBONES['senet18'], deploy='yes'))
+    model = build_backbone(
+        dict(BACKBONES['senet18'], conv_cfg=dict(type='ConvWS')))
+    with pytest.raises(NotImplementedError, match='ConvWS'):
+        model.switch_to_deploy()
+
+
+def test_mmpretrain_reparameterize_tool_on_an_mmsk_checkpoint(
+        trained_work_dir, tmp_path):
+    """mmpretrain's own tools/model_converters/reparameterize_model.py folds
+    an mmsk classifier; the folded checkpoint, loaded with
+    ``model.backbone.deploy=True``, predicts what the original does."""
+    from mmpretrain.apis import init_model
+
+    from conftest import MAIN_CONFIG, TINY_OPTIONS
+    from mmsk.utils.tools import mmpretrain_tool_path
     from mmengine.config import Config
-    name, overrides, features = CASES[case]
-    backbone = copy.deepcopy(BACKBONES[name])
-    backbone.update(overrides, in_channels=1)
-    if features:
-        backbone['out_indices'] = FAMILIES[backbone['type']].all_outputs
-    feat_dim = build_backbone(backbone).feat_dim
-    cfg = Config.fromfile(MAIN_CONFIG)
-    cfg.model.backbone = backbone
-    cfg.model.head.in_channels = feat_dim
-    return cfg
 
-
-def save_checkpoint(cfg, path):
-    """A checkpoint with non-trivial weights and norm statistics."""
-    from mmpretrain.registry import MODELS
-    torch.manual_seed(0)
-    model = randomize_bn(MODELS.build(cfg.model))
-    torch.save(dict(state_dict=model.state_dict()), path)
-    return str(path)
-
-
-@pytest.mark.parametrize('mode,shape,exporter', WAYS,
-                         ids=['-'.join(w) for w in WAYS])
-@pytest.mark.parametrize('case', sorted(CASES))
-def test_pytorch2onnx_matches_pytorch(case, mode, shape, exporter, tmp_path):
-    from mmsk.deploy.cli import pytorch2onnx
-    cfg = classifier_config(case)
-    ckpt = save_checkpoint(cfg, tmp_path / 'model.pth')
-    lines = []
-    result = pytorch2onnx(
-        cfg, ckpt, SHAPE, out=str(tmp_path / 'model.onnx'),
-        dynamic=shape == 'dynamic', deploy=mode == 'deploy',
-        features=CASES[case][2], exporter=exporter, log=lines.append)
-    inputs = set(result['diffs'])
-    assert 'random' in inputs and 'real (MNIST5k digits)' in inputs
-    if shape == 'dynamic':
-        assert 'random, other batch and size' in inputs
-    assert result['max_diff'] <= 1e-4, result['diffs']
-    assert any('max abs diff' in line for line in lines)
-    if mode == 'deploy':  # the file holds no BatchNormalization node
-        import onnx
-        ops = {n.op_type for n in onnx.load(result['out']).graph.node}
-        assert 'BatchNormalization' not in ops
-
-
-def test_real_inputs_are_normalized_digits():
-    from mmsk.deploy import build_classifier, real_inputs
-    model = build_classifier(classifier_config('sknet18-paper'))
-    x = real_inputs(model, (28, 28), num=4)
-    assert x.shape == (4, 1, 28, 28)
-    # normalized with the config's mean / std: background at -mean / std
-    assert x.min().item() == pytest.approx(-33.32 / 78.57, abs=1e-4)
-    assert len({round(v, 3) for v in x.flatten(1).sum(1).tolist()}) == 4
-    assert real_inputs(model, (40, 36)).shape[-2:] == (40, 36)
-
-
-def test_tool_cli_exits_0_within_tolerance_and_1_over_it(tmp_path):
-    tiny = [
-        'model.backbone.stem_channels=8', 'model.backbone.base_channels=8',
-        'model.head.in_channels=64'
-    ]
-    cfg = classifier_config('sknet18-paper')
-    ckpt = save_checkpoint(cfg, tmp_path / 'model.pth')
-    tool = f'{ROOT}/tools/deployment/pytorch2onnx.py'
-    args = [tool, MAIN_CONFIG, ckpt, '--shape', '28', '28', '--exporter',
-            'torchscript', '--out', str(tmp_path / 'm.onnx'),
-            '--cfg-options', *tiny]
-    proc = run_python(args=args)
-    assert 'real (MNIST5k digits) input: max abs diff' in proc.stdout
-    assert ': ok; wrote' in proc.stdout
-    # a tolerance below the float32 round-off fails the check
-    proc = run_python(args=args[:-len(tiny) - 1] + ['--tolerance', '1e-12'] +
-                      ['--cfg-options', *tiny], check=False)
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert 'FAILED' in proc.stdout
-
-
-def test_tool_errors_name_the_problem(tmp_path, capsys):
-    from mmsk.deploy.cli import main
-    assert main([MAIN_CONFIG, str(tmp_path / 'missing.pth'),
-                 '--shape', '28', '28']) == 1
-    assert 'missing.pth' in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([MAIN_CONFIG, 'x.pth', '--shape', '28', '28', '--exporter',
-              'tflite'])
-    assert '--exporter' in capsys.readouterr().err
-    from mmsk.deploy import export_onnx
-    with pytest.raises(ValueError, match='shape'):
-        export_onnx(torch.nn.Identity(), 'x.onnx', shape=(32, ))
-    with pytest.raises(ValueError, match='exporter'):
-        export_onnx(torch.nn.Identity(), 'x.onnx', (32, 32), exporter='tf')
+    # the tool takes no --cfg-options: a config file with the tiny widths
+    model_options = {
+        key: int(value)
+        for key, value in (o.split('=') for o in TINY_OPTIONS)
+        if key.startswith('model.')
+    }
+    config = tmp_path / 'tiny.py'
+    config.write_text(f'_base_ = [{MAIN_CONFIG!r}]\n')
+    cfg = Config.fromfile(str(config))
+    cfg.merge_from_dict(model_options)
+    cfg.dump(str(config))
+    folded = tmp_path / 'folded.pth'
+    assert mmpretrain_tool_path('model_converters/reparameterize_model.py')
+    proc = run_python(args=[
+        f'{ROOT}/tools/model_converters/reparameterize_model.py',
+        str(config),
+        str(trained_work_dir / 'epoch_1.pth'),
+        str(folded)
+    ])
+    assert 'Done!' in proc.stdout
+    original = init_model(copy.deepcopy(cfg),
+                          str(trained_work_dir / 'epoch_1.pth')).eval()
+    cfg.merge_from_dict({'model.backbone.deploy': True})
+    deployed = init_model(cfg, str(folded)).eval()
+    assert not any(isinstance(m, _BatchNorm) for m in deployed.modules())
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        want = original(x, mode='tensor')
+        got = deployed(x, mode='tensor')
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert (got.argmax(1) == want.argmax(1)).all()

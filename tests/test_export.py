@@ -19,7 +19,7 @@ ONNX exporter (the most expensive path) on one config per family
 (:data:`DYNAMO_ONNX`), and deploy mode on one config per folded form
 (:data:`DEPLOY`: the three SK forms, SE, Res2Net v1b / Res2NeXt, the
 inverted-residual SE and SK slots) through fx, ``torch.export`` and the
-TorchScript-based ONNX exporter. ``tests/test_deploy.py`` adds both modes
+TorchScript-based ONNX exporter. ``tests/test_pytorch2onnx.py`` adds both modes
 through both exporters for every family. TorchScript
 *scripting* is not a path: it fails inside mmcv's ``ConvModule`` (and in
 mmpretrain's own backbones), and is deprecated upstream;

@@ -153,3 +153,31 @@ def test_res2conv_hierarchy_and_first_block():
         Res2Conv(32, scales=1)
     with pytest.raises(ValueError, match='divisible'):
         Res2Conv(30, scales=4)
+
+
+def test_sk_attention_batchnorm_needs_two_images_in_train_mode():
+    from mmsk.models.layers import SKConv
+    x = torch.randn(1, 32, 8, 8)
+    sk = SKConv(32, 32, groups=4).train()
+    with pytest.raises(ValueError, match='batch of 2 or more.*attn_norm_cfg'):
+        sk(x)
+    sk.eval()(x)  # running statistics: one image is fine
+    # attention norms that train on one image
+    for attn_norm_cfg in (None, dict(type='GN', num_groups=4)):
+        sk = SKConv(32, 32, groups=4, attn_norm_cfg=attn_norm_cfg).train()
+        sk(x).sum().backward()
+        assert sk.attn.reduce.bias is not None or attn_norm_cfg is not None
+    with pytest.raises(ValueError, match='attn_norm_cfg'):
+        SKConv(32, 32, attn_norm_cfg='GN')
+
+
+def test_sknet_trains_with_batch_one_without_attention_batchnorm():
+    from conftest import build_backbone
+    model = build_backbone(
+        dict(type='SKNet', depth=18, stem_channels=8, base_channels=8,
+             sk_cfg=dict(attn_norm_cfg=None))).train()
+    model(torch.randn(1, 3, 64, 64))[0].sum().backward()
+    default = build_backbone(
+        dict(type='SKNet', depth=18, stem_channels=8, base_channels=8))
+    with pytest.raises(ValueError, match='ChannelAttention.*batch of 2'):
+        default.train()(torch.randn(1, 3, 64, 64))

@@ -72,11 +72,12 @@ def test_no_mmsk_name_shadows_an_openmmlab_name():
         import mmpretrain.models, mmpretrain.datasets
         import mmdet.models, mmdet.datasets
         import mmseg.models, mmseg.datasets
+        import mmengine.hooks, mmpretrain.engine, mmdet.engine, mmseg.engine
         from mmengine import registry as root
         import mmpretrain.registry as a, mmdet.registry as b
         import mmseg.registry as c
         out = {}
-        for kind in ('MODELS', 'DATASETS', 'TRANSFORMS'):
+        for kind in ('MODELS', 'DATASETS', 'TRANSFORMS', 'HOOKS'):
             names = set(getattr(root, kind).module_dict)
             for pkg in (a, b, c):
                 names |= set(getattr(pkg, kind).module_dict)
@@ -84,8 +85,9 @@ def test_no_mmsk_name_shadows_an_openmmlab_name():
         print(json.dumps(out))
         """)).stdout.splitlines()[-1])
     import mmsk  # noqa: F401
-    from mmsk.registry import DATASETS, MODELS
-    for kind, registry in (('MODELS', MODELS), ('DATASETS', DATASETS)):
+    from mmsk.registry import DATASETS, HOOKS, MODELS
+    for kind, registry in (('MODELS', MODELS), ('DATASETS', DATASETS),
+                           ('HOOKS', HOOKS)):
         ours = set(registry.module_dict)
         assert ours, f'mmsk registers no {kind}'
         clash = ours & set(others[kind])

@@ -42,7 +42,14 @@ def _cpu_launcher_options(argv):
 
 
 def run_mmpretrain_tool(name: str):
+    import torch
+
     import mmsk  # noqa: F401  (registers models, safe checkpoint loading)
+    from mmsk.checkpoint import allowed_globals
+
+    # Some tools call torch.load themselves (weights_only=True on torch>=2.6):
+    # allow the same MMEngine checkpoint types for them in this process.
+    torch.serialization.add_safe_globals(allowed_globals())
     path = mmpretrain_tool_path(name)
     sys.argv = [path] + _cpu_launcher_options(sys.argv[1:])
     runpy.run_path(path, run_name='__main__')

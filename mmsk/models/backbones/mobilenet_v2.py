@@ -29,6 +29,8 @@ from mmsk.registry import MODELS, register_model
 from mmsk.utils import (check_choice, check_out_indices, check_positive_int,
                         check_sequence, check_unit_interval)
 from ..layers.selective_kernel import SKConv
+from ..deploy import Deployable, fold_for_deploy
+from ..layers.config import fast_path_enabled
 from .pretrained import check_pretrained
 
 #: MobileNetV2, paper Table 2 (the stem conv and the final 1x1 conv aside).
@@ -94,7 +96,7 @@ def check_arch(arch) -> tuple:
 
 
 @register_model
-class InvertedResidualBlock(BaseModule):
+class InvertedResidualBlock(Deployable, BaseModule):
     """1x1 expand -> 3x3 depthwise (-> attention) -> 1x1 linear projection.
 
     The skip (with stochastic depth) exists only when ``stride == 1`` and
@@ -221,7 +223,9 @@ class InvertedResidualBlock(BaseModule):
             out = self.attn(out)
         out = self.project(out)
         if self.use_residual:
-            out = x + self.drop_path(out)
+            out = self.drop_path(out)
+            # out is a fresh tensor no backward needs: add in place
+            return out.add_(x) if fast_path_enabled() else x + out
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,7 +245,7 @@ def _attn_class(attn_cfg: dict):
 
 
 @register_model
-class InvertedResidualNet(BaseBackbone):
+class InvertedResidualNet(Deployable, BaseBackbone):
     """MobileNetV2-style backbone: stem, one stage per table row, 1x1 head.
 
     Paper: https://arxiv.org/abs/1801.04381. The stages are named as in
@@ -288,6 +292,9 @@ class InvertedResidualNet(BaseBackbone):
         with_cp (bool): Non-reentrant gradient checkpointing in the blocks.
         drop_path_rate (float): Stochastic depth, rising linearly with the
             block index to this rate, in every block that has a skip.
+        deploy (bool): Build the folded inference form that
+            ``switch_to_deploy()`` makes (see :mod:`mmsk.models.deploy`).
+            Defaults to False.
         init_cfg (dict | list[dict]): Initialisation (``Pretrained`` with
             ``prefix`` too).
 
@@ -320,6 +327,7 @@ class InvertedResidualNet(BaseBackbone):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  drop_path_rate: float = 0.0,
+                 deploy: bool = False,
                  init_cfg=[
                      dict(type='Kaiming', layer=['Conv2d']),
                      dict(
@@ -421,6 +429,11 @@ class InvertedResidualNet(BaseBackbone):
         if max(self.out_indices) == num_rows:
             self.conv2 = ConvModule(channels, head, 1, **layer_cfg)
             self.stage_names.append('conv2')
+        if not isinstance(deploy, bool):
+            raise ValueError(f'deploy must be a bool, got {deploy!r}')
+        self.deploy = False
+        if deploy:
+            fold_for_deploy(self)
         self._freeze_stages()
 
     def init_weights(self):

@@ -33,6 +33,8 @@ from torch import nn
 from mmsk.registry import MODELS
 from mmsk.utils import (check_choice, check_out_indices, check_positive_int,
                         check_sequence, check_unit_interval)
+from ..deploy import Deployable, fold_for_deploy
+from ..layers.config import fast_path_enabled
 from .pretrained import check_pretrained, pretrained_cfg
 
 
@@ -45,7 +47,17 @@ def _build_attn(attn_cfg: Optional[dict], channels: int):
     return MODELS.build(dict(attn_cfg, in_channels=channels))
 
 
-class _ResidualBlock(BaseModule):
+def inplace_act_cfg(act_cfg: dict) -> dict:
+    """``act_cfg`` with ``inplace=True`` where the activation takes it (as
+    mmcv's ConvModule builds its activations)."""
+    act_cfg = dict(act_cfg)
+    if act_cfg['type'] not in ('Tanh', 'PReLU', 'Sigmoid', 'HSigmoid',
+                               'Swish', 'GELU'):
+        act_cfg.setdefault('inplace', True)
+    return act_cfg
+
+
+class _ResidualBlock(Deployable, BaseModule):
     """What both block shapes share: slot, drop path, shortcut, checkpoint."""
 
     expansion = 1
@@ -58,7 +70,8 @@ class _ResidualBlock(BaseModule):
             if self.attn_position == 'last' else None
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 \
             else nn.Identity()
-        self.act = build_activation_layer(act_cfg)
+        # in place: it runs on the fresh sum of residual and shortcut
+        self.act = build_activation_layer(inplace_act_cfg(act_cfg))
         self.with_cp = with_cp
 
     def _init_head(self, stride, style, attn_position, aa_downsample):
@@ -98,6 +111,9 @@ class _ResidualBlock(BaseModule):
             out = self.attn(out)
         out = self.drop_path(out)
         shortcut = x if self.downsample is None else self.downsample(x)
+        if fast_path_enabled():
+            # out is a fresh tensor no backward needs: add in place
+            return out.add_(shortcut)
         return out + shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -428,7 +444,7 @@ def _check_cfg(name, cfg, optional=False):
                          f'{cfg!r}')
 
 
-class ResNetStages(ResNet):
+class ResNetStages(Deployable, ResNet):
     """The shared ResNet-style backbone of mmsk's families.
 
     Families set ``arch_settings`` (``depth -> (block, stage_blocks)``) and
@@ -450,6 +466,10 @@ class ResNetStages(ResNet):
       max-pool is a 2x2 average pool (timm's ``aa`` models).
     - ``stem_pool``: ``'max'`` (3x3 stride-2 max-pool) or ``'none'`` (the
       deep stem's last conv strides instead; timm's ``33ts``).
+
+    ``deploy=True`` builds the inference form that ``switch_to_deploy()``
+    makes (every conv + BatchNorm folded, the two-branch SK select step as
+    one logit; see :mod:`mmsk.models.deploy`), so folded checkpoints load.
 
     Width options: ``stage_channels`` gives each stage's output channels
     (default ``base_channels * expansion * 2**i``); ``final_conv_channels``
@@ -489,6 +509,7 @@ class ResNetStages(ResNet):
                  with_cp: bool = False,
                  zero_init_residual: bool = True,
                  drop_path_rate: float = 0.0,
+                 deploy: bool = False,
                  init_cfg=[
                      dict(type='Kaiming', layer=['Conv2d']),
                      dict(
@@ -616,6 +637,11 @@ class ResNetStages(ResNet):
             self._freeze_stages()
         self.out_channels = tuple(
             getattr(self, name)[-1].out_channels for name in self.res_layers)
+        if not isinstance(deploy, bool):
+            raise ValueError(f'deploy must be a bool, got {deploy!r}')
+        self.deploy = False
+        if deploy:
+            fold_for_deploy(self)
 
     def make_res_layer(self, **kwargs):
         if self.stage_channels is not None:

@@ -14,9 +14,11 @@ from mmcv.cnn import build_activation_layer, build_conv_layer, build_norm_layer
 from mmengine.model import BaseModule
 from mmpretrain.models.utils import make_divisible
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsk.registry import register_model
 from mmsk.utils import check_positive_int
+from ..deploy import Deployable
 
 
 def reduced_channels(channels: int,
@@ -44,7 +46,7 @@ def reduced_channels(channels: int,
 
 
 @register_model
-class ChannelAttention(BaseModule):
+class ChannelAttention(Deployable, BaseModule):
     """Squeeze -> reduce -> act -> expand -> gate, over ``num_paths`` paths.
 
     Args:
@@ -61,8 +63,15 @@ class ChannelAttention(BaseModule):
         bias (bool): Bias in the two 1x1 convs. Defaults to True.
         conv_cfg (dict, optional): Conv layer config. Defaults to None.
         norm_cfg (dict, optional): Norm after the reduce conv (SK uses BN).
+            Without a norm the reduce conv has a bias.
         act_cfg (dict): Activation after the reduce step.
         gate_cfg (dict): Gate for ``num_paths == 1``. Defaults to Sigmoid.
+
+    After :meth:`switch_to_deploy` with two paths, the select step is one
+    ``C``-wide logit ``z1 - z2`` and the output is ``(B, 1, C, 1, 1)``, the
+    weight of the first path (``sigmoid(z1 - z2)``, the softmax's value);
+    :func:`~mmsk.models.layers.selective_kernel.attention_weights` reads
+    either form as per-path weights.
 
     Example:
         >>> attn = ChannelAttention(64, num_paths=2)
@@ -94,7 +103,11 @@ class ChannelAttention(BaseModule):
         self.num_paths = num_paths
         self.attn_channels = attn_channels
         self.reduce = build_conv_layer(
-            conv_cfg, in_channels, attn_channels, kernel_size=1, bias=bias)
+            conv_cfg,
+            in_channels,
+            attn_channels,
+            kernel_size=1,
+            bias=bias or norm_cfg is None)
         self.norm = (
             build_norm_layer(norm_cfg, attn_channels)[1]
             if norm_cfg is not None else nn.Identity())
@@ -107,14 +120,60 @@ class ChannelAttention(BaseModule):
             bias=bias)
         self.gate = build_activation_layer(gate_cfg) if num_paths == 1 \
             else nn.Softmax(dim=1)
+        #: Two paths whose select step is one C-wide logit (deploy form).
+        self.collapsed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: the (fused) feature map ``(B, C, H, W)``."""
         w = x.mean((2, 3), keepdim=True)
-        w = self.expand(self.act(self.norm(self.reduce(w))))
-        if self.num_paths > 1:
-            w = w.view(w.shape[0], self.num_paths, self.in_channels, 1, 1)
-        return self.gate(w)
+        w = self.reduce(w)
+        if isinstance(self.norm, _BatchNorm) and self.norm.training:
+            _check_batch_for_bn(self, w)
+        w = self.expand(self.act(self.norm(w)))
+        if self.num_paths == 1:
+            return self.gate(w)
+        if self.collapsed:
+            return self.gate(w).unsqueeze(1)
+        return self.gate(w.unflatten(1, (self.num_paths, self.in_channels)))
+
+    @torch.no_grad()
+    def collapse_paths(self):
+        """With two paths, the select step as one ``C``-wide logit
+        ``z1 - z2`` (exact: ``softmax([z1, z2])[0] == sigmoid(z1 - z2)``);
+        part of :meth:`switch_to_deploy`, a no-op otherwise."""
+        if self.num_paths != 2 or self.collapsed:
+            return
+        expand = self.expand
+        if type(expand) is not nn.Conv2d:
+            raise NotImplementedError(
+                f'{type(self).__name__}: cannot collapse a select conv of '
+                f'type {type(expand).__name__} (plain Conv2d only)')
+        c = self.in_channels
+        diff = nn.Conv2d(
+            self.attn_channels, c, 1, bias=expand.bias is not None).to(
+                expand.weight)
+        diff.weight.copy_(expand.weight[:c] - expand.weight[c:])
+        if expand.bias is not None:
+            diff.bias.copy_(expand.bias[:c] - expand.bias[c:])
+        self.expand = diff
+        self.gate = nn.Sigmoid()
+        self.collapsed = True
+
+
+def _check_batch_for_bn(module: nn.Module, pooled: torch.Tensor):
+    """BatchNorm over pooled ``(B, d, 1, 1)`` features in train mode needs
+    ``B >= 2``; say so instead of torch's error deep inside the norm."""
+    if isinstance(module.norm, nn.SyncBatchNorm) or \
+            isinstance(pooled, torch.fx.Proxy) or torch.jit.is_tracing():
+        return
+    if pooled.shape[0] == 1:
+        raise ValueError(
+            f'{type(module).__name__}: the attention\'s BatchNorm normalises '
+            f'one pooled vector per image, so in train mode it needs a batch '
+            f'of 2 or more images per device (got 1). Use a larger batch, '
+            f'norm_eval=True, or a norm that works on one image: for SK '
+            f'units attn_norm_cfg=None (no norm; the reduce conv gets a '
+            f'bias) or attn_norm_cfg=dict(type="GN", num_groups=...).')
 
 
 @register_model

@@ -8,10 +8,11 @@ from torch import nn
 
 from mmsk.registry import register_model
 from mmsk.utils import check_positive_int
+from ..deploy import Deployable
 
 
 @register_model
-class Res2Conv(BaseModule):
+class Res2Conv(Deployable, BaseModule):
     """Split the channels into ``scales`` groups of ``width``; each 3x3 sees
     its split plus the previous output, so receptive fields grow inside one
     block. The last split passes through (average-pooled in the first block

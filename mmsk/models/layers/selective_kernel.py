@@ -21,7 +21,9 @@ from mmengine.model import BaseModule, ModuleList
 
 from mmsk.registry import register_model
 from mmsk.utils import check_positive_int
+from ..deploy import Deployable
 from .attention import ChannelAttention
+from .config import fast_path_enabled
 
 #: Branch layouts and reduction rules of the known SK forms. ``groups=None``
 #: in a branch means "the unit's ``groups``" (the block's cardinality).
@@ -52,6 +54,22 @@ SK_FORMS = {
 _BRANCH_KEYS = {'kernel_size', 'dilation', 'groups'}
 
 
+def attention_weights(attn_output: torch.Tensor,
+                      num_paths: int) -> torch.Tensor:
+    """Per-channel branch weights ``(B, M, C)`` (summing to one over ``M``)
+    from the output of an SK unit's ``attn`` module, e.g. read by a forward
+    hook on ``sk.attn``: the softmax weights ``(B, M, C, 1, 1)``, or after
+    ``switch_to_deploy`` with two branches the first branch's weight
+    ``(B, 1, C, 1, 1)``."""
+    weights = attn_output.flatten(2)
+    if weights.shape[1] == num_paths:
+        return weights
+    if num_paths == 2 and weights.shape[1] == 1:
+        return torch.cat([weights, 1 - weights], dim=1)
+    raise ValueError(f'attention output of shape {tuple(attn_output.shape)} '
+                     f'does not hold weights for {num_paths} branches')
+
+
 def sk_form(name: str, **overrides) -> dict:
     """The keyword arguments of :class:`SKConv` for a named form."""
     if name not in SK_FORMS:
@@ -63,7 +81,7 @@ def sk_form(name: str, **overrides) -> dict:
 
 
 @register_model
-class SKConv(BaseModule):
+class SKConv(Deployable, BaseModule):
     """Selective Kernel convolution: split, fuse, select.
 
     Args:
@@ -84,6 +102,16 @@ class SKConv(BaseModule):
             of the input instead of all of it. Defaults to False.
         conv_cfg, norm_cfg, act_cfg (dict): Layer configs of the branches
             and of the attention's reduce step.
+        attn_norm_cfg (dict | None | str): Norm of the attention's reduce
+            step. ``'same'`` (default): ``norm_cfg``. BatchNorm there sees
+            one pooled vector per image, so it needs 2+ images per device in
+            train mode; ``None`` (no norm; the reduce conv gets a bias) or
+            ``dict(type='GN', num_groups=...)`` train with batch 1.
+
+    The forward for two branches is ``lerp(u2, u1, w1)`` (``w1 * u1 + (1 -
+    w1) * u2`` in one pass; for more, a running weighted sum), with no 5-D
+    stack of the branches; the paper's stack / softmax-weighted sum is the
+    reference forward (:func:`~mmsk.models.layers.reference_forward`).
 
     Example:
         >>> sk = SKConv(64, 64, groups=32)
@@ -105,6 +133,7 @@ class SKConv(BaseModule):
                  conv_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN'),
                  act_cfg: dict = dict(type='ReLU'),
+                 attn_norm_cfg='same',
                  init_cfg=None):
         super().__init__(init_cfg)
         check_positive_int('in_channels', in_channels)
@@ -163,6 +192,13 @@ class SKConv(BaseModule):
                     conv_cfg=conv_cfg,
                     norm_cfg=norm_cfg,
                     act_cfg=act_cfg))
+        if attn_norm_cfg == 'same':
+            attn_norm_cfg = norm_cfg
+        elif attn_norm_cfg is not None and (
+                not isinstance(attn_norm_cfg, dict)
+                or 'type' not in attn_norm_cfg):
+            raise ValueError(f'attn_norm_cfg must be "same", None or a dict '
+                             f'with a "type", got {attn_norm_cfg!r}')
         self.attn = ChannelAttention(
             out_channels,
             num_paths=self.num_paths,
@@ -171,18 +207,40 @@ class SKConv(BaseModule):
             min_channels=min_channels,
             bias=False,
             conv_cfg=conv_cfg,
-            norm_cfg=norm_cfg,
+            norm_cfg=attn_norm_cfg,
             act_cfg=act_cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def branch_outputs(self, x: torch.Tensor) -> list:
+        """The outputs ``U_1 .. U_M`` of the branches (split step)."""
         if self.split_input:
-            inputs = torch.chunk(x, self.num_paths, dim=1)
-        else:
-            inputs = [x] * self.num_paths
-        feats = torch.stack(
-            [path(xi) for path, xi in zip(self.paths, inputs)], dim=1)
-        weights = self.attn(feats.sum(dim=1))
-        return (feats * weights).sum(dim=1)
+            # indexed, not zipped: symbolic tracing cannot iterate a split
+            chunks = torch.chunk(x, self.num_paths, dim=1)
+            return [path(chunks[i]) for i, path in enumerate(self.paths)]
+        return [path(x) for path in self.paths]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.branch_outputs(x)
+        if not fast_path_enabled():
+            return self.forward_reference(feats)
+        fused = feats[0]
+        for u in feats[1:]:
+            fused = fused + u
+        weights = self.attn(fused)
+        if self.num_paths == 2:
+            # w1 * u1 + w2 * u2 with w2 = 1 - w1: one pass, no 5-D stack
+            return torch.lerp(feats[1], feats[0], weights[:, 0])
+        out = feats[0] * weights[:, 0]
+        for i in range(1, self.num_paths):
+            out = torch.addcmul(out, feats[i], weights[:, i])
+        return out
+
+    def forward_reference(self, feats: list) -> torch.Tensor:
+        """The paper's select step: stack, fuse by summing, softmax-weighted
+        sum over the branches."""
+        feats = torch.stack(feats, dim=1)
+        weights = attention_weights(
+            self.attn(feats.sum(dim=1)), self.num_paths)
+        return (feats * weights[..., None, None]).sum(dim=1)
 
 
 # SKAttention's ``sk_form`` argument shadows the function inside __init__.
@@ -230,4 +288,11 @@ class SKAttention(SKConv):
         super().__init__(
             in_channels, in_channels, groups=groups,
             **_form_kwargs(sk_form, **kwargs))
+        # Module order only (same keys, same maths): list the branches after
+        # the attention, so that a network ending in this plug-in has a
+        # branch's BatchNorm on the feature map as its last norm layer, not
+        # the attention's BatchNorm on pooled 1x1 features. mmpretrain's
+        # tools/visualization/vis_cam.py takes the last norm layer as its
+        # default Grad-CAM target.
+        self._modules['paths'] = self._modules.pop('paths')
 

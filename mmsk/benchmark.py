@@ -1,0 +1,931 @@
+"""Throughput and peak memory of mmsk classifiers next to timm, mmpretrain
+and torchvision (``tools/analysis_tools/benchmark.py`` is its command line).
+
+What is measured
+    For every comparison (an mmsk model and its peers, :data:`COMPARISONS`)
+    and every input size, all models of the comparison are built at once
+    (1000 classes, random weights), then for each mode:
+
+    - ``infer``: eval mode, ``torch.no_grad()``, one forward pass;
+    - ``train``: train mode, forward, cross-entropy loss, backward and an
+      SGD step (momentum 0.9), ``zero_grad(set_to_none=True)`` first.
+
+    After ``warmup`` untimed steps of every model, ``repeats`` rounds are
+    timed, each round running every model once in turn (A, B, C, A, B, C,
+    ...), so that a slow-down of the shared machine hits all of them alike;
+    one timing is ``iters`` steps (CUDA synchronised before and after).
+    Throughput is ``batch * iters / median(time)`` in images per second.
+
+Same weights
+    Where mmsk has a converter for the peer (:mod:`mmsk.converters`), the
+    peer's weights (with randomised norm statistics) are converted into the
+    mmsk model and the logits of both are compared in fp32, NCHW, eval mode
+    before anything is timed; a difference above ``1e-4`` (relative to the
+    largest logit, at least 1) raises :class:`ParityError`. So the figures
+    compare two implementations of the same function.
+
+Layouts
+    ``nchw`` or ``channels_last`` for the mmsk side and the peers; ``best``
+    times a model in both layouts (both interleaved like the models) and
+    reports each model in its faster layout, per mode.
+
+Peak memory
+    Measured in a fresh interpreter per comparison (nothing else resident),
+    one model at a time, in the layout that is reported: after a warm-up
+    step, the memory the next step needs on top of what was allocated just
+    before it, plus the bytes of the model's parameters, buffers and
+    optimizer state and of the input batch. On CUDA the step's part is
+    ``torch.cuda.max_memory_allocated()`` (peak statistics reset before the
+    step) minus ``torch.cuda.memory_allocated()`` before it. On the CPU it is
+    the peak resident set size of the process during the step (``VmHWM``,
+    reset by writing 5 to ``/proc/self/clear_refs``) minus the resident size
+    before it, with glibc told (``MALLOC_MMAP_THRESHOLD_=65536``) to map
+    every block of 64 KiB or more separately, so that freed tensors leave the
+    resident set at once and the peak is the step's own.
+"""
+import contextlib
+import copy
+import difflib
+import gc
+import json
+import os
+import os.path as osp
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmsk.utils import check_choice, check_positive_int
+
+MODES = ('infer', 'train')
+LAYOUTS = ('nchw', 'channels_last')
+LAYOUT_CHOICES = LAYOUTS + ('best', )
+AMP_CHOICES = ('none', 'bf16')
+DEVICES = ('cpu', 'cuda')
+NUM_CLASSES = 1000
+PARITY_TOLERANCE = 1e-4
+
+
+class ParityError(AssertionError):
+    """An mmsk model does not compute what its peer computes with the same
+    weights (so timing them side by side would be meaningless)."""
+
+
+# --- the models -------------------------------------------------------------
+
+
+def mmsk_model(backbone: dict) -> dict:
+    return dict(source='mmsk', backbone=backbone)
+
+
+def timm_model(name: str, convert: bool = True, **kwargs) -> dict:
+    """timm's ``name``; ``convert``: mmsk's timm converter handles it."""
+    return dict(source='timm', name=name, kwargs=kwargs,
+                convert=('timm', name) if convert else None)
+
+
+def mmpretrain_model(backbone: dict, in_channels: int,
+                     convert: Optional[tuple]) -> dict:
+    return dict(source='mmpretrain', backbone=backbone,
+                in_channels=in_channels, convert=convert)
+
+
+def torchvision_model(name: str, convert: Optional[tuple],
+                      **kwargs) -> dict:
+    return dict(source='torchvision', name=name, kwargs=kwargs,
+                convert=convert)
+
+
+def _default_models() -> Dict[str, dict]:
+    from mmsk.converters.mmpretrain import MMPRETRAIN_MODELS
+    from mmsk.converters.timm import TIMM_MODELS
+
+    def from_timm(name):
+        return mmsk_model(TIMM_MODELS[name]['backbone'])
+
+    def mmp(name):
+        return mmpretrain_model(MMPRETRAIN_MODELS[name]['source'], 2048,
+                                ('mmpretrain', name))
+
+    return {
+        'mmsk/sknet50': from_timm('skresnext50_32x4d'),
+        'mmsk/sknet18-timm': from_timm('skresnet18'),
+        'mmsk/sknet34-timm': from_timm('skresnet34'),
+        'mmsk/senet50': from_timm('seresnet50'),
+        'mmsk/seresnext50-32x4d': from_timm('seresnext50_32x4d'),
+        'mmsk/res2net50-w26-s4': from_timm('res2net50_26w_4s'),
+        'mmsk/invertedresidualnet': mmsk_model(
+            dict(type='InvertedResidualNet')),
+        'timm/skresnext50_32x4d': timm_model('skresnext50_32x4d'),
+        'timm/resnext50_32x4d': timm_model('resnext50_32x4d', convert=False),
+        'timm/skresnet18': timm_model('skresnet18'),
+        'timm/skresnet34': timm_model('skresnet34'),
+        'timm/seresnet50': timm_model('seresnet50'),
+        'timm/seresnext50_32x4d': timm_model('seresnext50_32x4d'),
+        'timm/res2net50_26w_4s': timm_model('res2net50_26w_4s'),
+        'timm/mobilenetv2_100': timm_model('mobilenetv2_100'),
+        'mmpretrain/seresnet50': mmp('seresnet50'),
+        'mmpretrain/seresnext50-32x4d': mmp('seresnext50-32x4d'),
+        'mmpretrain/res2net50-w26-s4': mmp('res2net50-w26-s4'),
+        'mmpretrain/mobilenet-v2': mmpretrain_model(
+            dict(type='MobileNetV2', widen_factor=1.0), 1280,
+            ('mmpretrain_mobilenet_v2', )),
+        'torchvision/mobilenet_v2': torchvision_model(
+            'mobilenet_v2', ('torchvision_mobilenet_v2', )),
+    }
+
+
+#: comparison name -> (mmsk model key, peer model keys)
+COMPARISONS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
+    'sknet50': ('mmsk/sknet50',
+                ('timm/skresnext50_32x4d', 'timm/resnext50_32x4d')),
+    'sknet18': ('mmsk/sknet18-timm', ('timm/skresnet18', )),
+    'sknet34': ('mmsk/sknet34-timm', ('timm/skresnet34', )),
+    'senet50': ('mmsk/senet50', ('timm/seresnet50', 'mmpretrain/seresnet50')),
+    'seresnext50': ('mmsk/seresnext50-32x4d',
+                    ('timm/seresnext50_32x4d',
+                     'mmpretrain/seresnext50-32x4d')),
+    'res2net50': ('mmsk/res2net50-w26-s4',
+                  ('timm/res2net50_26w_4s', 'mmpretrain/res2net50-w26-s4')),
+    'mobilenetv2': ('mmsk/invertedresidualnet',
+                    ('timm/mobilenetv2_100', 'mmpretrain/mobilenet-v2',
+                     'torchvision/mobilenet_v2')),
+}
+
+
+class Logits(nn.Module):
+    """``logits = Logits(model)(images)`` whatever the library."""
+
+    def __init__(self, model: nn.Module, openmmlab: bool):
+        super().__init__()
+        self.model = model
+        self.openmmlab = openmmlab
+
+    def forward(self, x):
+        if self.openmmlab:
+            return self.model(x, mode='tensor')
+        return self.model(x)
+
+
+def _image_classifier(backbone: dict, in_channels: int):
+    from mmengine.registry import DefaultScope
+    from mmpretrain.registry import MODELS
+    cfg = dict(
+        type='ImageClassifier',
+        backbone=backbone,
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(
+            type='LinearClsHead',
+            num_classes=NUM_CLASSES,
+            in_channels=in_channels))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        return MODELS.build(cfg)
+
+
+def build_model(spec: dict, with_cp: bool = False) -> Logits:
+    """The classifier of a model spec, wrapped in :class:`Logits`."""
+    source = spec['source']
+    if source == 'mmsk':
+        import mmsk  # noqa: F401
+        from mmengine.registry import DefaultScope
+
+        from mmsk.registry import MODELS
+        backbone = dict(spec['backbone'], out_indices=(-1, ))
+        if with_cp:
+            backbone['with_cp'] = True
+        with DefaultScope.overwrite_default_scope('mmpretrain'):
+            feat_dim = MODELS.build(dict(backbone)).feat_dim
+        return Logits(_image_classifier(backbone, feat_dim), True)
+    if with_cp:
+        raise ValueError('with_cp is an option of mmsk models only')
+    if source == 'timm':
+        import timm
+        return Logits(
+            timm.create_model(
+                spec['name'], pretrained=False, num_classes=NUM_CLASSES,
+                **spec.get('kwargs', {})), False)
+    if source == 'mmpretrain':
+        return Logits(
+            _image_classifier(spec['backbone'], spec['in_channels']), True)
+    if source == 'torchvision':
+        import torchvision
+        return Logits(
+            getattr(torchvision.models, spec['name'])(
+                weights=None, num_classes=NUM_CLASSES,
+                **spec.get('kwargs', {})), False)
+    raise ValueError(f'unknown model source {source!r}; one of '
+                     f"['mmsk', 'timm', 'mmpretrain', 'torchvision']")
+
+
+def converted_state_dict(peer_spec: dict,
+                         peer: Logits) -> Optional[Dict[str, torch.Tensor]]:
+    """The peer's weights under the mmsk classifier's keys, or None where
+    no converter exists."""
+    convert = peer_spec.get('convert')
+    if not convert:
+        return None
+    state = peer.model.state_dict()
+    kind = convert[0]
+    if kind == 'timm':
+        from mmsk.converters.timm import convert_state_dict
+        return convert_state_dict(convert[1], state)
+    if kind == 'mmpretrain':
+        from mmsk.converters.mmpretrain import convert_state_dict
+        return convert_state_dict(convert[1], state)
+    if kind == 'mmpretrain_mobilenet_v2':
+        from mmsk.converters.mobilenet import convert_mmpretrain_mobilenet_v2
+        return convert_mmpretrain_mobilenet_v2(state)
+    if kind == 'torchvision_mobilenet_v2':
+        from mmsk.converters.mobilenet import \
+            convert_torchvision_mobilenet_v2
+        return convert_torchvision_mobilenet_v2(state)
+    raise ValueError(f'unknown converter {kind!r}')
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial norm statistics and affine weights (timm and mmpretrain
+    zero the last norm of each block), so that equal logits mean equal
+    functions."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                    m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+    return model
+
+
+def _max_diff(a: nn.Module, b: nn.Module, size: int) -> Tuple[float, float]:
+    x = torch.randn(2, 3, size, size,
+                    generator=torch.Generator().manual_seed(0))
+    device = next(a.parameters()).device
+    x = x.to(device)
+    a.eval()
+    b.eval()
+    with torch.no_grad():
+        ya, yb = a(x).float(), b(x).float()
+    if ya.shape != yb.shape:
+        raise ParityError(f'output shapes differ: {tuple(ya.shape)} vs '
+                          f'{tuple(yb.shape)}')
+    return (ya - yb).abs().max().item(), yb.abs().max().item()
+
+
+def check_same_weights(mmsk: Logits, peer_spec: dict, peer: Logits,
+                       label: str = '', size: int = 64) -> Optional[float]:
+    """Load the peer's converted weights into ``mmsk`` and compare logits;
+    the max abs difference, or None where no converter exists."""
+    randomize_norms(peer)
+    state = converted_state_dict(peer_spec, peer)
+    if state is None:
+        return None
+    try:
+        mmsk.model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ParityError(f'{label}: the converted weights do not fit the '
+                          f'mmsk model: {e}') from e
+    diff, scale = _max_diff(mmsk, peer, size)
+    if not scale > 1e-3:
+        raise ParityError(f'{label}: the peer gives all-zero logits, the '
+                          f'same-weights check would prove nothing')
+    if not diff <= PARITY_TOLERANCE * max(1.0, scale):
+        raise ParityError(f'{label}: max abs logit difference {diff:.3g} '
+                          f'with the same weights (largest logit '
+                          f'{scale:.3g})')
+    return diff
+
+
+def deploy_copy(model: Logits) -> Optional[Logits]:
+    """An eval-mode copy in deploy form (``backbone.switch_to_deploy()``),
+    or None when the backbone has no deploy form."""
+    backbone = getattr(model.model, 'backbone', None)
+    if not hasattr(backbone, 'switch_to_deploy'):
+        return None
+    deployed = copy.deepcopy(model).eval()
+    deployed.model.backbone.switch_to_deploy()
+    return deployed
+
+
+# --- options -----------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    """What one benchmark run measures (see the module docstring)."""
+    comparisons: Sequence[str] = tuple(COMPARISONS)
+    sizes: Sequence[int] = (224, )
+    batch: int = 16
+    modes: Sequence[str] = MODES
+    layout: str = 'best'
+    peer_layout: Optional[str] = None  # None: as ``layout``
+    amp: str = 'none'
+    compile: bool = False
+    deploy: bool = False
+    with_cp: bool = False
+    device: str = 'cpu'
+    threads: Optional[int] = None
+    warmup: int = 2
+    repeats: int = 5
+    iters: int = 1
+    memory: bool = True
+    models: Dict[str, dict] = field(default_factory=dict)  # added specs
+    table: Dict[str, tuple] = field(default_factory=dict)  # added pairs
+
+    def all_models(self) -> Dict[str, dict]:
+        return {**_default_models(), **self.models}
+
+    def all_comparisons(self) -> Dict[str, tuple]:
+        return {**COMPARISONS, **self.table}
+
+    def validate(self) -> 'Options':
+        table = self.all_comparisons()
+        if isinstance(self.comparisons, str) or not self.comparisons:
+            raise ValueError('models must be a non-empty list of comparison '
+                             f'names, got {self.comparisons!r}')
+        for name in self.comparisons:
+            if name not in table:
+                close = difflib.get_close_matches(name, table, n=3)
+                raise ValueError(
+                    f'models: unknown comparison {name!r}' +
+                    (f' (did you mean {close}?)' if close else '') +
+                    f'; known: {sorted(table)}')
+        models = self.all_models()
+        for name in self.comparisons:
+            for key in (table[name][0], ) + tuple(table[name][1]):
+                if key not in models:
+                    raise ValueError(f'comparison {name!r} names an unknown '
+                                     f'model {key!r}')
+        if isinstance(self.sizes, int) or not self.sizes:
+            raise ValueError(f'size must be a non-empty list of integers, '
+                             f'got {self.sizes!r}')
+        for size in self.sizes:
+            check_positive_int('size', size)
+            if size < 32:
+                raise ValueError(f'size must be at least 32 (the networks '
+                                 f'downsample 32x), got {size}')
+        check_positive_int('batch', self.batch)
+        if isinstance(self.modes, str) or not self.modes:
+            raise ValueError(f'modes must be a non-empty list, got '
+                             f'{self.modes!r}')
+        for mode in self.modes:
+            check_choice('modes', mode, MODES)
+        check_choice('layout', self.layout, LAYOUT_CHOICES)
+        if self.peer_layout is not None:
+            check_choice('peer_layout', self.peer_layout, LAYOUT_CHOICES)
+        check_choice('amp', self.amp, AMP_CHOICES)
+        check_choice('device', self.device, DEVICES)
+        if self.device == 'cuda' and not torch.cuda.is_available():
+            raise ValueError('device is cuda, but torch sees no CUDA device')
+        if self.threads is not None:
+            check_positive_int('threads', self.threads)
+        check_positive_int('warmup', self.warmup, allow_zero=True)
+        if self.compile and self.warmup < 2:
+            raise ValueError('warmup must be at least 2 with compile (the '
+                             'first steps compile the model)')
+        check_positive_int('repeats', self.repeats)
+        check_positive_int('iters', self.iters)
+        if self.with_cp and 'train' not in self.modes:
+            raise ValueError('with_cp compares training memory: add the '
+                             'train mode')
+        return self
+
+
+# --- timing ------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    """One model in one layout, as it is timed."""
+    comparison: str
+    key: str
+    role: str  # 'mmsk' or 'peer'
+    layout: str
+    flavour: str = ''  # '', 'with_cp' or 'deploy'
+    model: Optional[nn.Module] = None
+    optimizer: Optional[torch.optim.Optimizer] = None
+    times: Dict[str, List[float]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.key + (f' ({self.flavour})' if self.flavour else '')
+
+
+def _sync(device):
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def _autocast(opts: Options):
+    if opts.amp == 'bf16':
+        return torch.autocast(device_type=opts.device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _prepare(model: nn.Module, layout: str, opts: Options) -> nn.Module:
+    model = model.to(opts.device)
+    if layout == 'channels_last':
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if opts.compile else model
+
+
+def make_step(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor,
+              opts: Options,
+              optimizer: Optional[torch.optim.Optimizer] = None) -> Callable:
+    """One inference or training step of ``model`` on ``x`` (and ``y``)."""
+    if mode == 'infer':
+        model.eval()
+
+        def step():
+            with torch.no_grad(), _autocast(opts):
+                model(x)
+
+        return step
+    model.train()
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(opts):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        optimizer.step()
+
+    return train_step
+
+
+def _inputs(opts: Options, size: int, layout: str):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(opts.batch, 3, size, size, generator=gen)
+    y = torch.randint(0, NUM_CLASSES, (opts.batch, ), generator=gen)
+    x, y = x.to(opts.device), y.to(opts.device)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def _layouts(layout: str) -> Tuple[str, ...]:
+    return LAYOUTS if layout == 'best' else (layout, )
+
+
+def _optimizer(model: nn.Module):
+    return torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+
+def build_variants(name: str, opts: Options, progress=None):
+    """The models of one comparison, checked for same weights, in each
+    layout to time. Returns ``(variants, parity)``."""
+    models = opts.all_models()
+    mmsk_key, peer_keys = opts.all_comparisons()[name]
+    torch.manual_seed(0)
+    mmsk = build_model(models[mmsk_key])
+    parity = []
+    peers = {}
+    for key in peer_keys:
+        peer = build_model(models[key])
+        diff = check_same_weights(mmsk, models[key], peer,
+                                  f'{mmsk_key} vs {key}')
+        parity.append(dict(comparison=name, mmsk=mmsk_key, peer=key,
+                           max_abs_diff=diff))
+        peers[key] = peer
+        if progress:
+            progress(f'{name}: {mmsk_key} vs {key}: ' +
+                     ('no converter, random weights' if diff is None else
+                      f'same weights, max abs logit diff {diff:.2e}'))
+    flavours = [(mmsk_key, 'mmsk', '', mmsk)]
+    if opts.with_cp:
+        flavours.append((mmsk_key, 'mmsk', 'with_cp',
+                         build_model(models[mmsk_key], with_cp=True)))
+    if opts.deploy and 'infer' in opts.modes:
+        deployed = deploy_copy(mmsk)
+        if deployed is None:
+            if progress:
+                progress(f'{name}: {mmsk_key} has no switch_to_deploy(); '
+                         'no deploy row')
+        else:
+            diff, scale = _max_diff(deployed, mmsk, 64)
+            if not diff <= PARITY_TOLERANCE * max(1.0, scale):
+                raise ParityError(f'{mmsk_key}: the deploy form differs by '
+                                  f'{diff:.3g}')
+            flavours.append((mmsk_key, 'mmsk', 'deploy', deployed))
+    flavours += [(key, 'peer', '', peer) for key, peer in peers.items()]
+    peer_layout = opts.peer_layout or opts.layout
+    variants = []
+    for key, role, flavour, model in flavours:
+        layouts = _layouts(opts.layout if role == 'mmsk' else peer_layout)
+        for i, layout in enumerate(layouts):
+            m = model if i == len(layouts) - 1 else copy.deepcopy(model)
+            m = _prepare(m, layout, opts)
+            variants.append(
+                Variant(name, key, role, layout, flavour, m,
+                        _optimizer(m) if flavour != 'deploy' else None))
+    return variants, parity
+
+
+def _modes_of(variant: Variant, modes) -> List[str]:
+    if variant.flavour == 'deploy':
+        return [m for m in modes if m == 'infer']
+    if variant.flavour == 'with_cp':
+        return [m for m in modes if m == 'train']
+    return list(modes)
+
+
+def time_variants(variants: List[Variant], size: int, opts: Options,
+                  progress=None) -> None:
+    """Warm up, then time every variant ``repeats`` times, interleaved;
+    the timings land in ``variant.times[mode]``."""
+    inputs = {layout: _inputs(opts, size, layout) for layout in LAYOUTS}
+    for mode in opts.modes:
+        todo = [v for v in variants if mode in _modes_of(v, [mode])]
+        steps = {
+            id(v): make_step(v.model, mode, *inputs[v.layout], opts,
+                             v.optimizer)
+            for v in todo
+        }
+        for _ in range(opts.warmup):
+            for v in todo:
+                steps[id(v)]()
+        _sync(opts.device)
+        for r in range(opts.repeats):
+            for v in todo:
+                _sync(opts.device)
+                start = time.perf_counter()
+                for _ in range(opts.iters):
+                    steps[id(v)]()
+                _sync(opts.device)
+                v.times.setdefault(mode, []).append(time.perf_counter() -
+                                                    start)
+            if progress:
+                progress(f'{todo[0].comparison} {size}px {mode}: repeat '
+                         f'{r + 1}/{opts.repeats}: ' + ', '.join(
+                             f'{v.name} {v.layout} '
+                             f'{_median_rate(v.times[mode][-1:], opts):.1f}'
+                             for v in todo) + ' img/s')
+
+
+# --- peak memory -------------------------------------------------------------
+
+
+def _proc_status_kib(field_name: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field_name + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'/proc/self/status has no {field_name}')
+
+
+def _state_bytes(model: nn.Module, optimizer, x: torch.Tensor) -> int:
+    tensors = {id(t): t for t in list(model.parameters()) +
+               list(model.buffers())}
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            for t in state.values():
+                if isinstance(t, torch.Tensor):
+                    tensors[id(t)] = t
+    tensors[id(x)] = x
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def step_peak_memory(step: Callable, device: str) -> int:
+    """Bytes that ``step()`` needs on top of what is allocated before it
+    (see the module docstring for the method on each device)."""
+    gc.collect()
+    if device == 'cuda':
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    before = _proc_status_kib('VmRSS')
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # VmHWM := VmRSS
+    step()
+    return max(0, _proc_status_kib('VmHWM') - before) * 1024
+
+
+def measure_memory(jobs: List[dict], opts: Options) -> List[int]:
+    """Peak memory in bytes of each job (``dict(spec, layout, mode,
+    with_cp, deploy, size)``), measured one after another in this process
+    (the caller gives it a fresh one: :func:`measure_memory_in_subprocess`).
+    """
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    results = []
+    for job in jobs:
+        model = build_model(job['spec'], with_cp=job['with_cp'])
+        if job['deploy']:
+            model = deploy_copy(model)
+        model = _prepare(model, job['layout'], opts)
+        optimizer = _optimizer(model) if job['mode'] == 'train' else None
+        x, y = _inputs(opts, job['size'], job['layout'])
+        step = make_step(model, job['mode'], x, y, opts, optimizer)
+        for _ in range(max(1, opts.warmup)):
+            step()
+        peak = step_peak_memory(step, opts.device)
+        results.append(peak + _state_bytes(model, optimizer, x))
+        del model, optimizer, step, x, y
+        gc.collect()
+        if opts.device == 'cuda':
+            torch.cuda.empty_cache()
+    return results
+
+
+def _options_json(opts: Options) -> dict:
+    return asdict(opts)
+
+
+def measure_memory_in_subprocess(jobs: List[dict], opts: Options,
+                                 timeout: float = 3600) -> List[int]:
+    """:func:`measure_memory` in a fresh interpreter (the same mmsk)."""
+    env = dict(os.environ)
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    env['PYTHONPATH'] = os.pathsep.join(
+        [root] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
+    env['MALLOC_MMAP_THRESHOLD_'] = '65536'
+    payload = json.dumps(dict(jobs=jobs, options=_options_json(opts)))
+    proc = subprocess.run([sys.executable, '-m', 'mmsk.benchmark'],
+                          input=payload, capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f'the memory measurement failed '
+                           f'({proc.returncode}):\n{proc.stderr[-3000:]}')
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _memory_worker():
+    payload = json.loads(sys.stdin.read())
+    opts = Options(**payload['options'])
+    print(json.dumps(measure_memory(payload['jobs'], opts)))
+
+
+# --- the run -----------------------------------------------------------------
+
+
+def machine_info(opts: Options) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    cpu = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = dict(
+        cpu=cpu,
+        cpu_count=os.cpu_count(),
+        threads=torch.get_num_threads(),
+        platform=platform.platform(),
+        python=platform.python_version(),
+        device=opts.device)
+    if opts.device == 'cuda':
+        info['gpu'] = torch.cuda.get_device_name()
+    return info
+
+
+def versions() -> dict:
+    import importlib
+    out = {}
+    for name in ('torch', 'torchvision', 'timm', 'mmengine', 'mmcv',
+                 'mmpretrain', 'mmsk'):
+        try:
+            out[name] = importlib.import_module(name).__version__
+        except Exception:  # noqa: BLE001 (a missing package is reported)
+            out[name] = None
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    try:
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root,
+                                capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '-uno'],
+                               cwd=root, capture_output=True, text=True,
+                               check=True).stdout.strip()
+        out['git_commit'] = commit + (' (with uncommitted changes)'
+                                      if dirty else '')
+    except (OSError, subprocess.CalledProcessError):
+        out['git_commit'] = None
+    return out
+
+
+def _median_rate(times: List[float], opts: Options) -> float:
+    return opts.batch * opts.iters / statistics.median(times)
+
+
+def run_benchmark(opts: Options, command: str = '',
+                  progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Run every comparison at every size; the full record (JSON-able)."""
+    opts.validate()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    say = progress or (lambda msg: None)
+    results, parity = [], []
+    names = list(opts.comparisons)
+    total = len(names) * len(opts.sizes)
+    done = 0
+    for size in opts.sizes:
+        for name in names:
+            done += 1
+            say(f'[{done}/{total}] {name} at {size}x{size}, batch '
+                f'{opts.batch}: building')
+            variants, checks = build_variants(name, opts, say)
+            if size == opts.sizes[0]:
+                parity += checks
+            time_variants(variants, size, opts, say)
+            rows = _rows(variants, size, opts)
+            del variants
+            gc.collect()
+            if opts.memory:
+                say(f'[{done}/{total}] {name} at {size}x{size}: peak memory '
+                    f'of {len(rows)} runs in a fresh process')
+                _add_memory(rows, size, opts)
+            results += rows
+    record = dict(
+        command=command,
+        machine=machine_info(opts),
+        versions=versions(),
+        options={k: v for k, v in _options_json(opts).items()
+                 if k not in ('models', 'table')},
+        comparisons={n: opts.all_comparisons()[n] for n in names},
+        parity=parity,
+        results=results,
+        date=time.strftime('%Y-%m-%d %H:%M:%S'))
+    record['markdown'] = markdown(record)
+    return record
+
+
+def _rows(variants: List[Variant], size: int, opts: Options) -> List[dict]:
+    """One row per (model, flavour, mode): the reported (fastest) layout and
+    every layout's median rate."""
+    rows = {}
+    for v in variants:
+        for mode, times in v.times.items():
+            row = rows.setdefault(
+                (v.key, v.flavour, mode),
+                dict(comparison=v.comparison, model=v.key, role=v.role,
+                     flavour=v.flavour, mode=mode, size=size,
+                     img_per_s_by_layout={}, times_s_by_layout={}))
+            row['img_per_s_by_layout'][v.layout] = _median_rate(times, opts)
+            row['times_s_by_layout'][v.layout] = times
+    for row in rows.values():
+        rates = row['img_per_s_by_layout']
+        row['layout'] = max(rates, key=rates.get)
+        row['img_per_s'] = rates[row['layout']]
+    return list(rows.values())
+
+
+def _add_memory(rows: List[dict], size: int, opts: Options) -> None:
+    models = opts.all_models()
+    jobs = [
+        dict(spec=models[row['model']], layout=row['layout'],
+             mode=row['mode'], with_cp=row['flavour'] == 'with_cp',
+             deploy=row['flavour'] == 'deploy', size=size) for row in rows
+    ]
+    for row, peak in zip(rows, measure_memory_in_subprocess(jobs, opts)):
+        row['peak_mem_mb'] = peak / 2**20
+
+
+# --- report ------------------------------------------------------------------
+
+
+def _fmt(value, digits=1):
+    return '-' if value is None else f'{value:.{digits}f}'
+
+
+def markdown(record: dict) -> str:
+    """The record as markdown: per size and mode, each peer next to the
+    mmsk model, with the ratios mmsk / peer."""
+    opts = record['options']
+    machine = record['machine']
+    lines = [
+        '# mmsk benchmark', '',
+        f"- command: `{record['command']}`",
+        f"- machine: {machine['cpu']}, {machine['cpu_count']} CPUs, "
+        f"{machine['threads']} torch threads" +
+        (f", GPU {machine['gpu']}" if machine.get('gpu') else '') +
+        f", device {machine['device']}",
+        '- versions: ' + ', '.join(f'{k} {v}'
+                                   for k, v in record['versions'].items()),
+        f"- batch {opts['batch']}, amp {opts['amp']}, compile "
+        f"{opts['compile']}, layout mmsk {opts['layout']} / peers "
+        f"{opts['peer_layout'] or opts['layout']}, warm-up {opts['warmup']},"
+        f" median of {opts['repeats']} x {opts['iters']} step(s)",
+        f"- date: {record['date']}", ''
+    ]
+    results = record['results']
+    sizes = sorted({r['size'] for r in results})
+    for size in sizes:
+        for mode in MODES:
+            rows = [r for r in results if r['size'] == size and
+                    r['mode'] == mode]
+            if not rows:
+                continue
+            lines += [
+                f'## {mode}, {size}x{size}', '',
+                '| comparison | mmsk model (layout) | img/s | peer (layout) |'
+                ' img/s | speed mmsk/peer | peak MB mmsk | peak MB peer |'
+                ' memory mmsk/peer | same weights (max diff) |',
+                '|---|---|---|---|---|---|---|---|---|---|'
+            ]
+            for name in record['comparisons']:
+                mine = [r for r in rows if r['comparison'] == name and
+                        r['role'] == 'mmsk']
+                peers = [r for r in rows if r['comparison'] == name and
+                         r['role'] == 'peer']
+                for m in mine:
+                    for p in peers:
+                        check = [c for c in record['parity']
+                                 if c['comparison'] == name and
+                                 c['peer'] == p['model']]
+                        diff = check[0]['max_abs_diff'] if check else None
+                        mm, pm = m.get('peak_mem_mb'), p.get('peak_mem_mb')
+                        same = 'no converter' if diff is None else \
+                            f'yes ({diff:.1e})'
+                        lines.append(
+                            f"| {name} | {m['model']}"
+                            f"{' ' + m['flavour'] if m['flavour'] else ''} "
+                            f"({m['layout']}) | {_fmt(m['img_per_s'])} | "
+                            f"{p['model']} ({p['layout']}) | "
+                            f"{_fmt(p['img_per_s'])} | "
+                            f"{m['img_per_s'] / p['img_per_s']:.2f} | "
+                            f"{_fmt(mm, 0)} | {_fmt(pm, 0)} | "
+                            f"{_fmt(mm / pm if mm and pm else None, 2)} | "
+                            f"{same} |")
+            lines.append('')
+        cp = [r for r in results if r['size'] == size and
+              r['flavour'] == 'with_cp']
+        if cp:
+            lines += [
+                f'## with_cp, training, {size}x{size}', '',
+                '| model | peak MB with_cp=False | peak MB with_cp=True | '
+                'ratio | img/s False | img/s True |',
+                '|---|---|---|---|---|---|'
+            ]
+            for r in cp:
+                base = [b for b in results if b['size'] == size and
+                        b['model'] == r['model'] and b['flavour'] == '' and
+                        b['mode'] == 'train'][0]
+                mb, mc = base.get('peak_mem_mb'), r.get('peak_mem_mb')
+                lines.append(
+                    f"| {r['model']} | {_fmt(mb, 0)} | {_fmt(mc, 0)} | "
+                    f"{_fmt(mc / mb if mb and mc else None, 2)} | "
+                    f"{_fmt(base['img_per_s'])} | {_fmt(r['img_per_s'])} |")
+            lines.append('')
+    return '\n'.join(lines)
+
+
+def write_record(record: dict, out_dir: str, stem: Optional[str] = None):
+    """Write ``STEM.md`` and ``STEM.json`` into ``out_dir``; their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    if stem is None:
+        opts = record['options']
+        sizes = '-'.join(str(s) for s in opts['sizes'])
+        stem = (f"benchmark_{opts['device']}_b{opts['batch']}_{sizes}px_"
+                f"{time.strftime('%Y%m%d-%H%M%S')}")
+    md, js = osp.join(out_dir, stem + '.md'), osp.join(out_dir, stem + '.json')
+    with open(md, 'w') as f:
+        f.write(record['markdown'] + '\n')
+    with open(js, 'w') as f:
+        json.dump(record, f, indent=1)
+    return md, js
+
+
+if __name__ == '__main__':
+    _memory_worker()
+
+
+# --- where the time goes ------------------------------------------------------
+
+
+def profile_model(spec: dict, size: int, opts: Options, mode: str = 'train',
+                  layout: str = 'channels_last', reference: bool = False,
+                  steps: int = 3, row_limit: int = 12) -> str:
+    """The operators that take the time in ``steps`` steps of one mmsk or
+    peer model (``torch.profiler``, sorted by self CPU time), as a text
+    table. ``reference=True`` runs mmsk's plain reference forwards (the
+    paper's stack / weighted sum), i.e. mmsk before its fast paths."""
+    from mmsk.models.layers import reference_forward
+    check_choice('mode', mode, MODES)
+    check_choice('layout', layout, LAYOUTS)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    model = _prepare(build_model(spec), layout, opts)
+    x, y = _inputs(opts, size, layout)
+    step = make_step(model, mode, x, y, opts, _optimizer(model))
+    context = reference_forward() if reference else contextlib.nullcontext()
+    with context:
+        step()  # warm-up
+        with torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+    return prof.key_averages().table(
+        sort_by='self_cpu_time_total', row_limit=row_limit)

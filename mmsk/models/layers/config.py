@@ -1,0 +1,44 @@
+"""The one switch between mmsk's fast forwards and their plain references.
+
+Every mmsk block has a plain forward that reads like its paper (the SK unit
+stacks its branches and takes a softmax-weighted sum) and a fast one that
+computes the same maths with fewer passes over memory (for two branches,
+``lerp(u2, u1, w1)``; no 5-D stack). The fast forward is the default; the
+plain one stays available, so tests compare the two, and so does anyone who
+doubts a result::
+
+    from mmsk.models.layers import reference_forward
+    with reference_forward():
+        expected = model(x)
+
+The switch is global, like timm's ``timm.layers.config``: one place, no
+per-module flags.
+"""
+from contextlib import contextmanager
+
+_FAST_PATH = True
+
+
+def fast_path_enabled() -> bool:
+    """Whether mmsk blocks use their fast forward (the default)."""
+    return _FAST_PATH
+
+
+def set_fast_path(enabled: bool) -> None:
+    """Turn the fast forwards on (default) or off (plain references)."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f'set_fast_path takes a bool, got {enabled!r}')
+    global _FAST_PATH
+    _FAST_PATH = enabled
+
+
+@contextmanager
+def reference_forward():
+    """Run mmsk blocks with their plain reference forwards inside the
+    ``with`` block."""
+    previous = _FAST_PATH
+    set_fast_path(False)
+    try:
+        yield
+    finally:
+        set_fast_path(previous)

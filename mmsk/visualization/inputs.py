@@ -1,0 +1,235 @@
+"""What the look-inside tools share: images, labels, enlarging, the model.
+
+Images come from files / folders (a folder whose images sit in
+sub-folders gives each image its sub-folder's name as class label, as
+mmpretrain's ``CustomDataset`` does) or from the built-in MNIST5k digits.
+"""
+import os.path as osp
+from numbers import Real
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
+                    '.tiff', '.webp')
+
+
+class ImageSet:
+    """Images (``H x W`` or ``H x W x C`` uint8 arrays) with optional labels.
+
+    Args:
+        images (list[np.ndarray]): The images.
+        labels (list[int], optional): One class index per image.
+        classes (list[str], optional): Class names, indexed by label.
+        names (list[str], optional): One name per image (file path).
+    """
+
+    def __init__(self,
+                 images: Sequence[np.ndarray],
+                 labels: Optional[Sequence[int]] = None,
+                 classes: Optional[Sequence[str]] = None,
+                 names: Optional[Sequence[str]] = None):
+        if len(images) == 0:
+            raise ValueError('no images to look at')
+        for i, img in enumerate(images):
+            if not isinstance(img, np.ndarray) or img.ndim not in (2, 3):
+                raise ValueError(f'image {i} must be an H x W (x C) array, '
+                                 f'got {type(img).__name__} '
+                                 f'{getattr(img, "shape", "")}')
+        if labels is not None:
+            if len(labels) != len(images):
+                raise ValueError(f'{len(labels)} labels for {len(images)} '
+                                 f'images')
+            labels = [int(label) for label in labels]
+            if classes is None:
+                classes = [str(c) for c in range(max(labels) + 1)]
+            if min(labels) < 0 or max(labels) >= len(classes):
+                raise ValueError(f'labels must lie in [0, {len(classes)}), '
+                                 f'got {min(labels)}..{max(labels)}')
+        self.images = list(images)
+        self.labels = labels
+        self.classes = list(classes) if classes is not None else None
+        self.names = list(names) if names is not None else \
+            [f'image{i}' for i in range(len(images))]
+
+    def __len__(self):
+        return len(self.images)
+
+
+def builtin_images(split: str = 'val',
+                   max_images: Optional[int] = None) -> ImageSet:
+    """The built-in MNIST5k digits (stratified subset when ``max_images``
+    is smaller than the split: every class keeps the same share)."""
+    from mmpretrain.datasets.categories import MNIST_CATEGORITES
+
+    from mmsk.datasets.mnist5k import load_mnist5k
+    images, labels = load_mnist5k(split)
+    keep = np.arange(len(labels))
+    if max_images is not None:
+        _check_max_images(max_images)
+        if max_images < len(labels):
+            # round-robin over the classes, in file order within each
+            per_class = [np.flatnonzero(labels == c) for c in range(10)]
+            order = np.stack(per_class, 1).reshape(-1)
+            keep = np.sort(order[:max_images])
+    return ImageSet([images[i] for i in keep], labels[keep].tolist(),
+                    list(MNIST_CATEGORITES),
+                    [f'mnist5k-{split}-{i}' for i in keep])
+
+
+def _check_max_images(max_images):
+    if not isinstance(max_images, int) or isinstance(max_images, bool) or \
+            max_images < 1:
+        raise ValueError(f'max_images must be a positive integer, got '
+                         f'{max_images!r}')
+
+
+def _list_images(folder: str) -> List[Tuple[str, Optional[str]]]:
+    """``(path, class name or None)`` of the images in a folder: those at
+    its top level have no class, those in a sub-folder (at any depth) take
+    the name of the sub-folder right below ``folder``."""
+    import os
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        rel = osp.relpath(root, folder)
+        label = None if rel == '.' else rel.split(os.sep)[0]
+        for name in sorted(files):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append((osp.join(root, name), label))
+    return found
+
+
+def load_images(paths: Sequence[str],
+                max_images: Optional[int] = None,
+                flag: str = 'unchanged') -> ImageSet:
+    """Read image files and folders (see the module doc for labels).
+
+    Labels are set only when every image lies in a class sub-folder.
+    """
+    import mmcv
+    if not paths:
+        raise ValueError('give image files / folders or --dataset built-in')
+    entries = []
+    for path in paths:
+        if osp.isdir(path):
+            found = _list_images(path)
+            if not found:
+                raise FileNotFoundError(
+                    f'no images ({", ".join(IMAGE_EXTENSIONS)}) in folder '
+                    f'{path}')
+            entries += found
+        elif osp.isfile(path):
+            entries.append((path, None))
+        else:
+            raise FileNotFoundError(f'no such image file or folder: {path}')
+    if max_images is not None:
+        _check_max_images(max_images)
+        entries = entries[:max_images]
+    images = []
+    for path, _ in entries:
+        img = mmcv.imread(path, flag=flag, channel_order='rgb')
+        if img is None:
+            raise ValueError(f'cannot read image {path}')
+        images.append(img)
+    labels = classes = None
+    if all(label is not None for _, label in entries):
+        classes = sorted({label for _, label in entries})
+        labels = [classes.index(label) for _, label in entries]
+    return ImageSet(images, labels, classes, [p for p, _ in entries])
+
+
+def check_scales(scales: Sequence[float]) -> Tuple[float, ...]:
+    if not isinstance(scales, (list, tuple)) or not scales:
+        raise ValueError(f'scales must be a non-empty list, got {scales!r}')
+    for s in scales:
+        if not isinstance(s, Real) or isinstance(s, bool) or s < 1:
+            raise ValueError(f'every scale must be a number >= 1 (1 = the '
+                             f'image as it is), got {s!r}')
+    if len(set(scales)) != len(scales):
+        raise ValueError(f'scales must be distinct, got {list(scales)}')
+    return tuple(float(s) for s in scales)
+
+
+def enlarge(img: np.ndarray, scale: float) -> np.ndarray:
+    """The object ``scale`` times larger: center-crop ``1/scale`` of each
+    side and resize the crop back to the image size (bilinear), as the
+    SKNet paper did. ``scale=1`` returns the image unchanged.
+
+    >>> img = np.zeros((28, 28), np.uint8); img[12:16, 12:16] = 255
+    >>> int((enlarge(img, 2.0) > 127).sum())  # the 4x4 square is now 8x8
+    64
+    """
+    import mmcv
+    check_scales([scale])
+    if scale == 1:
+        return img
+    h, w = img.shape[:2]
+    ch, cw = max(int(round(h / scale)), 1), max(int(round(w / scale)), 1)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = np.ascontiguousarray(img[top:top + ch, left:left + cw])
+    return mmcv.imresize(crop, (w, h), interpolation='bilinear')
+
+
+def to_input(model: torch.nn.Module, images: Sequence[np.ndarray],
+             device: str = 'cpu') -> torch.Tensor:
+    """A batch of images as the model's data preprocessor prepares it
+    (normalisation, channel order, padding); grey images are repeated to
+    three channels when the model normalises three."""
+    tensors = []
+    preprocessor = getattr(model, 'data_preprocessor', None)
+    mean = getattr(preprocessor, 'mean', None)
+    channels = mean.numel() if isinstance(mean, torch.Tensor) else None
+    for img in images:
+        img = img[..., None] if img.ndim == 2 else img
+        if channels == 3 and img.shape[-1] == 1:
+            img = np.repeat(img, 3, axis=-1)
+        if channels is not None and img.shape[-1] != channels:
+            raise ValueError(f'the model expects {channels}-channel images, '
+                             f'got {img.shape[-1]} channels')
+        tensors.append(torch.from_numpy(np.ascontiguousarray(
+            img.transpose(2, 0, 1))))
+    if preprocessor is None:
+        return torch.stack(tensors).float().to(device)
+    data = preprocessor(dict(inputs=tensors), False)
+    return data['inputs'].to(device)
+
+
+def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, 'backbone', model)
+
+
+def load_model(config: str,
+               checkpoint: Optional[str],
+               device: str = 'cpu',
+               cfg_options: Optional[dict] = None) -> torch.nn.Module:
+    """Build ``config``'s model in its own default scope (mmpretrain,
+    mmdet, mmseg) and load ``checkpoint`` (None: keep the initial
+    weights). The model is in eval mode."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.runner import load_checkpoint
+
+    import mmsk  # noqa: F401  (registers models, safe checkpoint loading)
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'no such config: {config}')
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if 'model' not in cfg:
+        raise KeyError(f'{config} has no model')
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+    model = MODELS.build(cfg.model)
+    if checkpoint is not None:
+        if not osp.isfile(checkpoint):
+            raise FileNotFoundError(f'no such checkpoint: {checkpoint}')
+        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    else:
+        model.init_weights()
+    return model.to(device).eval()
+
+
+def module_name(name: str) -> str:
+    """A module's name inside the backbone, for figure labels."""
+    return name[len('backbone.'):] if name.startswith('backbone.') else name

@@ -1,0 +1,180 @@
+"""mmsk.benchmark and tools/analysis_tools/benchmark.py on tiny inputs: the
+numbers are produced, positive and written; the same-weights check catches
+a model that computes something else. (No timing is asserted.)"""
+import json
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+from mmsk import benchmark
+from mmsk.benchmark import Options, ParityError
+
+# one comparison with a converter (timm's SK-ResNet-18) and one peer
+# without (plain ResNet-18: random weights of its own)
+TINY = dict(
+    models={'timm/resnet18': benchmark.timm_model('resnet18',
+                                                  convert=False)},
+    table={'tiny': ('mmsk/sknet18-timm', ('timm/skresnet18',
+                                          'timm/resnet18'))})
+
+
+def tiny_options(**kwargs):
+    return Options(**dict(
+        dict(comparisons=['tiny'], sizes=[32], batch=2, warmup=1,
+             repeats=2, threads=1, memory=False), **TINY, **kwargs))
+
+
+def test_default_table_names_known_models():
+    opts = Options().validate()
+    models = opts.all_models()
+    for mine, peers in benchmark.COMPARISONS.values():
+        assert models[mine]['source'] == 'mmsk'
+        assert all(models[p]['source'] != 'mmsk' for p in peers)
+
+
+def test_every_default_pair_with_a_converter_has_the_same_weights():
+    # build only the small pairs here (the 50-layer ones take a while);
+    # the converters' own tests cover every model at full size
+    opts = Options()
+    for name in ('sknet18', 'mobilenetv2'):
+        mine, peers = opts.all_comparisons()[name]
+        models = opts.all_models()
+        mmsk = benchmark.build_model(models[mine])
+        for key in peers:
+            peer = benchmark.build_model(models[key])
+            diff = benchmark.check_same_weights(mmsk, models[key], peer, key)
+            assert diff is not None and diff <= 1e-4, key
+
+
+def test_same_weights_check_catches_a_different_model():
+    models = Options().all_models()
+    # the paper SK unit is not timm's SK-ResNet-18: the weights do not fit
+    paper = benchmark.build_model(
+        dict(source='mmsk', backbone=dict(type='SKNet', depth=18)))
+    peer = benchmark.build_model(models['timm/skresnet18'])
+    with pytest.raises(ParityError, match='do not fit'):
+        benchmark.check_same_weights(paper, models['timm/skresnet18'], peer,
+                                     'paper vs timm')
+    # the same keys and shapes, but another function: SiLU, not ReLU6
+    silu = benchmark.build_model(
+        dict(source='mmsk', backbone=dict(
+            type='InvertedResidualNet', widen_factor=0.35,
+            act_cfg=dict(type='SiLU'))))
+    spec = dict(models['torchvision/mobilenet_v2'],
+                kwargs=dict(width_mult=0.35))
+    with pytest.raises(ParityError, match='logit difference'):
+        benchmark.check_same_weights(silu, spec,
+                                     benchmark.build_model(spec), 'silu')
+
+
+def test_run_benchmark_both_layouts_both_modes_and_with_cp(tmp_path):
+    opts = tiny_options(layout='best', peer_layout='nchw', with_cp=True)
+    messages = []
+    record = benchmark.run_benchmark(opts, 'the command', messages.append)
+    assert any('repeat 2/2' in m for m in messages)
+    rows = record['results']
+    # mmsk in both layouts, with_cp (train only), two peers in NCHW
+    keys = {(r['model'], r['flavour'], r['mode']) for r in rows}
+    assert keys == {('mmsk/sknet18-timm', '', 'infer'),
+                    ('mmsk/sknet18-timm', '', 'train'),
+                    ('mmsk/sknet18-timm', 'with_cp', 'train'),
+                    ('timm/skresnet18', '', 'infer'),
+                    ('timm/skresnet18', '', 'train'),
+                    ('timm/resnet18', '', 'infer'),
+                    ('timm/resnet18', '', 'train')}
+    for r in rows:
+        layouts = set(r['img_per_s_by_layout'])
+        assert layouts == ({'nchw', 'channels_last'} if r['role'] == 'mmsk'
+                           else {'nchw'})
+        assert all(len(t) == 2 and min(t) > 0
+                   for t in r['times_s_by_layout'].values())
+        assert r['img_per_s'] == max(r['img_per_s_by_layout'].values()) > 0
+        assert r['img_per_s_by_layout'][r['layout']] == r['img_per_s']
+    parity = {c['peer']: c['max_abs_diff'] for c in record['parity']}
+    assert parity['timm/resnet18'] is None
+    assert 0 <= parity['timm/skresnet18'] <= 1e-4
+    assert record['machine']['threads'] == 1
+    assert record['versions']['timm'] and record['versions']['mmsk']
+    assert record['command'] == 'the command'
+
+    md, js = benchmark.write_record(record, str(tmp_path / 'out'), 'run')
+    text = open(md).read()
+    assert '## infer, 32x32' in text and '## train, 32x32' in text
+    assert '## with_cp, training, 32x32' in text
+    assert 'timm/skresnet18 (nchw)' in text and 'no converter' in text
+    assert json.load(open(js))['results'] == json.loads(json.dumps(rows))
+
+
+def test_peak_memory_is_measured_in_a_fresh_process():
+    opts = tiny_options(layout='channels_last')
+    spec = benchmark.mmsk_model(
+        dict(type='SKNet', depth=18, sk_form='timm', stem_channels=16,
+             base_channels=16))
+    jobs = [dict(spec=spec, layout='channels_last', mode=mode,
+                 with_cp=with_cp, deploy=False, size=64)
+            for mode, with_cp in (('infer', False), ('train', False),
+                                  ('train', True))]
+    infer, train, train_cp = benchmark.measure_memory_in_subprocess(
+        jobs, opts)
+    weights = sum(p.numel() * 4 for p in benchmark.build_model(
+        spec).parameters())
+    # at least the weights; training also holds momentum and activations
+    assert weights < infer < train
+    assert weights * 2 < train_cp
+
+
+def test_step_peak_memory_sees_a_large_temporary():
+    def step():
+        torch.ones(64, 2**20, dtype=torch.uint8).sum()  # 64 MiB, freed
+
+    assert benchmark.step_peak_memory(step, 'cpu') >= 32 * 2**20
+
+
+def test_options_are_validated():
+    cases = [
+        (dict(comparisons=['sknet5']), "unknown comparison 'sknet5'.*sknet50"),
+        (dict(sizes=[16]), 'size must be at least 32'),
+        (dict(batch=0), 'batch must be a positive integer'),
+        (dict(modes=['eval']), 'modes must be one of'),
+        (dict(layout='nhwc'), 'layout must be one of'),
+        (dict(amp='fp8'), 'amp must be one of'),
+        (dict(compile=True, warmup=1), 'warmup must be at least 2'),
+        (dict(with_cp=True, modes=['infer']), 'with_cp compares training'),
+        (dict(repeats=0), 'repeats must be a positive integer'),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            Options(**kwargs).validate()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match='device is cuda'):
+            Options(device='cuda').validate()
+
+
+def run_tool(*argv):
+    import runpy
+    tool = runpy.run_path(f'{ROOT}/tools/analysis_tools/benchmark.py')
+    return tool['main'](list(argv))
+
+
+def test_tool_smoke_run_writes_the_table(tmp_path, capsys):
+    assert run_tool(
+        '--models', 'sknet18', '--size', '64', '--batch', '2', '--repeats',
+        '1', '--warmup', '1', '--threads', '1', '--layout', 'nchw',
+        '--modes', 'infer', '--no-memory', '--out-dir', str(tmp_path),
+        '--name', 'smoke') == 0
+    assert 'repeat 1/1' in capsys.readouterr().out
+    record = json.loads((tmp_path / 'smoke.json').read_text())
+    assert record['command'].startswith('python ')
+    assert 'benchmark.py --models sknet18 --size 64' in record['command']
+    (row, ) = [r for r in record['results'] if r['role'] == 'mmsk']
+    assert row['img_per_s'] > 0 and row['layout'] == 'nchw'
+    assert '| sknet18 | mmsk/sknet18-timm (nchw) |' in (
+        tmp_path / 'smoke.md').read_text()
+
+
+def test_tool_reports_a_bad_option(capsys):
+    assert run_tool('--models', 'nope', '--no-memory') == 1
+    assert "error: models: unknown comparison 'nope'" in \
+        capsys.readouterr().err

@@ -1,0 +1,430 @@
+"""The look-inside tools: SK attention vs scale, SE excitation per class,
+and mmpretrain's Grad-CAM tool (vis_cam.py) on mmsk classifiers."""
+import copy
+import json
+import os.path as osp
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, randomize_bn, run_python
+
+TINY = dict(in_channels=1, stem_channels=8, base_channels=8, cifar_stem=True)
+MEAN, STD = 33.32, 78.57
+
+
+def classifier(backbone, num_classes=10):
+    import mmsk  # noqa: F401
+    from mmpretrain.registry import MODELS
+    torch.manual_seed(0)
+    model = MODELS.build(
+        dict(
+            type='ImageClassifier',
+            data_preprocessor=dict(
+                type='ClsDataPreprocessor', mean=[MEAN], std=[STD],
+                to_rgb=False),
+            backbone=backbone,
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(
+                type='LinearClsHead', num_classes=num_classes,
+                in_channels=8 * 8)))
+    model.init_weights()
+    return randomize_bn(model).eval()
+
+
+@pytest.fixture(scope='module')
+def digits():
+    from mmsk.visualization import builtin_images
+    return builtin_images('val', max_images=10)  # one per class
+
+
+@torch.no_grad()
+def direct_sk_weights(sk, x):
+    """The SK unit's branch weights ``(B, M, C)`` computed here, from its
+    branches and attention layers, not through its forward."""
+    if sk.split_input:
+        inputs = torch.chunk(x, sk.num_paths, dim=1)
+    else:
+        inputs = [x] * sk.num_paths
+    fused = sum(path(xi) for path, xi in zip(sk.paths, inputs))
+    attn = sk.attn
+    z = attn.act(attn.norm(attn.reduce(fused.mean((2, 3), keepdim=True))))
+    logits = attn.expand(z).view(x.shape[0], sk.num_paths, -1)
+    return logits.softmax(dim=1)
+
+
+def module_inputs(model, modules, batch):
+    """The input of each module in a forward pass of the backbone."""
+    seen = {}
+    handles = [
+        m.register_forward_pre_hook(
+            lambda mod, args, i=i: seen.__setitem__(i, args[0]))
+        for i, m in enumerate(modules)
+    ]
+    with torch.no_grad():
+        getattr(model, 'backbone', model)(batch)
+    for h in handles:
+        h.remove()
+    return [seen[i] for i in range(len(modules))]
+
+
+def normalized(images):
+    return torch.stack([
+        (torch.from_numpy(img).float()[None] - MEAN) / STD for img in images
+    ])
+
+
+def test_enlarge_is_center_crop_and_resize():
+    from mmsk.visualization import enlarge
+    img = np.zeros((28, 28), np.uint8)
+    img[12:16, 12:16] = 255  # a 4x4 square in the middle
+    assert enlarge(img, 1.0) is img
+    big = enlarge(img, 2.0)
+    assert big.shape == (28, 28)
+    assert int((big > 127).sum()) == 64  # now 8x8, still centred
+    rows = np.flatnonzero((big > 127).any(1))
+    assert (rows.min(), rows.max()) == (10, 17)
+    rgb = np.random.default_rng(0).integers(0, 255, (20, 30, 3), np.uint8)
+    assert enlarge(rgb, 1.5).shape == (20, 30, 3)
+    for bad in (0.5, 0, 'x', True):
+        with pytest.raises(ValueError, match='scale'):
+            enlarge(img, bad)
+
+
+SK_MODELS = {
+    'sknet18-paper': dict(type='SKNet', depth=18, **TINY),
+    'sknet18-timm': dict(type='SKNet', depth=18, sk_form='timm', **TINY),
+    'sknet18-pytorchinsight': dict(
+        type='SKNet', depth=18, sk_form='pytorchinsight', **TINY),
+    'sknet18-three-branches': dict(
+        type='SKNet', depth=18, sk_cfg=dict(branches=(
+            dict(dilation=1), dict(dilation=2), dict(kernel_size=5))),
+        **TINY),
+    'sk-mobilenet-v2': dict(
+        type='InvertedResidualNet', widen_factor=0.25, head_channels=64,
+        in_channels=1, attn_cfg=dict(type='SKConv', min_channels=8)),
+}
+
+
+@pytest.mark.parametrize('name', list(SK_MODELS))
+def test_sk_attention_numbers_match_the_sk_units(name, digits, tmp_path):
+    from mmsk.visualization import enlarge, sk_attention
+    model = classifier(SK_MODELS[name])
+    scales = (1.0, 1.5, 2.0) if name == 'sknet18-paper' else (1.0, 2.0)
+    result = sk_attention.analyze(
+        model, digits, str(tmp_path), scales=scales, unit=2, batch_size=4,
+        progress=False)
+    for f in result['files']:
+        assert osp.getsize(f) > 0, f
+    names = {osp.basename(f) for f in result['files']}
+    assert names == {
+        'sk_attention_difference.png', 'sk_attention_channels.png',
+        'sk_attention_classes.png', 'sk_attention.json',
+        'sk_attention_units.csv', 'sk_attention_channels.csv'
+    }
+    units = sk_attention.find_sk_units(model)
+    assert len(result['units']) == len(units) > 0
+    # weights computed directly from each SK unit on the enlarged digits
+    for s, scale in enumerate(scales):
+        batch = normalized([enlarge(img, scale) for img in digits.images])
+        inputs = module_inputs(model, [sk for _, sk in units], batch)
+        for u, ((_, sk), x) in enumerate(zip(units, inputs)):
+            w = direct_sk_weights(sk, x)  # (N, M, C)
+            torch.testing.assert_close(w.sum(1), torch.ones_like(w[:, 0]))
+            entry = result['units'][u]
+            mean = w.mean(2).mean(0)
+            np.testing.assert_allclose(entry['mean_weight'][s], mean,
+                                       rtol=1e-4, atol=1e-5)
+            large, small = entry['larger'], entry['smaller']
+            np.testing.assert_allclose(entry['mean_difference'][s],
+                                       float(mean[large] - mean[small]),
+                                       rtol=1e-4, atol=1e-5)
+            if u == 2:
+                chosen = result['chosen_unit']
+                np.testing.assert_allclose(chosen['channel_mean'][s],
+                                           w[:, large].mean(0), rtol=1e-4,
+                                           atol=1e-5)
+                labels = torch.tensor(digits.labels)
+                for k in range(10):
+                    np.testing.assert_allclose(
+                        chosen['per_class_channel_mean'][k][s],
+                        w[labels == k, large].mean(0), rtol=1e-4, atol=1e-5)
+    # the numbers on disk are the returned ones
+    saved = json.load(open(tmp_path / 'sk_attention.json'))
+    assert saved['units'] == json.loads(json.dumps(result['units']))
+    rows = open(tmp_path / 'sk_attention_units.csv').read().splitlines()
+    m = sum(u['num_paths'] for u in result['units'])
+    assert len(rows) == 1 + m * len(scales)
+
+
+def test_sk_branch_labels_follow_the_branch_convs():
+    from mmsk.visualization import sk_attention
+    paper = classifier(SK_MODELS['sknet18-paper'])
+    unit = sk_attention.find_sk_units(paper)[0][1]
+    info = sk_attention.branch_info(unit)
+    assert [b['receptive_field'] for b in info] == [3, 5]
+    assert sk_attention.larger_smaller(info) == (1, 0, False)
+    insight = classifier(SK_MODELS['sknet18-pytorchinsight'])
+    unit = sk_attention.find_sk_units(insight)[0][1]
+    info = sk_attention.branch_info(unit)
+    assert [b['receptive_field'] for b in info] == [3, 3]
+    assert info[0]['groups'] == 1 and info[1]['groups'] > 1
+    assert sk_attention.larger_smaller(info) == (1, 0, True)
+    three = classifier(SK_MODELS['sknet18-three-branches'])
+    info = sk_attention.branch_info(sk_attention.find_sk_units(three)[0][1])
+    assert [b['receptive_field'] for b in info] == [3, 5, 5]
+    assert sk_attention.larger_smaller(info)[:2] == (2, 0)
+
+
+def test_sk_attention_in_mmdet_resnet_plugin(tmp_path):
+    pytest.importorskip('mmdet', reason='mmdet is not importable')
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    from mmsk.visualization import ImageSet, sk_attention
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    resnet = MODELS.build(
+        dict(
+            type='ResNet', depth=50, stem_channels=8, base_channels=8,
+            plugins=[
+                dict(
+                    cfg=dict(type='mmsk.SKAttention'),
+                    stages=(False, True, True, True),
+                    position='after_conv2')
+            ]))
+    resnet.eval()
+    rng = np.random.default_rng(0)
+    images = ImageSet(
+        [rng.integers(0, 255, (32, 32, 3), np.uint8) for _ in range(3)])
+    result = sk_attention.analyze(
+        resnet, images, str(tmp_path), scales=(1.0, 2.0), progress=False)
+    units = sk_attention.find_sk_units(resnet)
+    assert len(result['units']) == len(units) == 4 + 6 + 3
+    assert result['units'][0]['name'] == 'layer2.0.sk_attention'
+    # no labels: no per-class figure
+    assert not (tmp_path / 'sk_attention_classes.png').exists()
+    x = torch.stack([torch.from_numpy(img).permute(2, 0, 1).float()
+                     for img in images.images])
+    inputs = module_inputs(resnet, [sk for _, sk in units], x)
+    for u, ((_, sk), xi) in enumerate(zip(units, inputs)):
+        w = direct_sk_weights(sk, xi).mean(2).mean(0)
+        np.testing.assert_allclose(result['units'][u]['mean_weight'][0], w,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_se_weights_numbers_match_the_se_modules(digits, tmp_path):
+    from mmsk.visualization import se_weights
+    model = classifier(dict(type='SENet', depth=18, **TINY))
+    result = se_weights.analyze(
+        model, digits, str(tmp_path), blocks=['layer1.0.attn', -1],
+        batch_size=5, progress=False)
+    assert {osp.basename(f) for f in result['files']} == {
+        'se_weights.png', 'se_weights_specificity.png', 'se_weights.json',
+        'se_weights_blocks.csv', 'se_weights_channels.csv'
+    }
+    for f in result['files']:
+        assert osp.getsize(f) > 0, f
+    assert [b['name'] for b in result['blocks']] == ['layer1.0.attn',
+                                                      'layer4.1.attn']
+    se = dict(se_weights.find_se_units(model))
+    modules = [se['backbone.layer1.0.attn'], se['backbone.layer4.1.attn']]
+    inputs = module_inputs(model, modules, normalized(digits.images))
+    labels = np.asarray(digits.labels)
+    for b, m, x in zip(result['blocks'], modules, inputs):
+        with torch.no_grad():
+            pooled = x.mean((2, 3), keepdim=True)
+            exc = torch.sigmoid(m.expand(m.act(m.norm(m.reduce(pooled)))))
+        exc = exc.flatten(1).numpy()  # computed here, (N, C)
+        np.testing.assert_allclose(b['mean'], exc.mean(0), rtol=1e-4,
+                                   atol=1e-6)
+        means = np.stack([exc[labels == k].mean(0) for k in range(10)])
+        np.testing.assert_allclose(b['per_class_mean'], means, rtol=1e-4,
+                                   atol=1e-6)
+        np.testing.assert_allclose(b['across_class_std'],
+                                   means.std(0).mean(), rtol=1e-4)
+
+
+def test_class_specificity_by_hand():
+    from mmsk.visualization.se_weights import class_specificity
+    # two classes, two channels; class means (0.2, 0.5) and (0.6, 0.5)
+    x = np.array([[0.1, 0.4], [0.3, 0.6], [0.5, 0.5], [0.7, 0.5]])
+    labels = np.array([0, 0, 1, 1])
+    spec = class_specificity(x, labels, 2)
+    assert spec['across_class_std'] == pytest.approx((0.2 + 0.0) / 2)
+    # pooled within-class std per channel: 0.1 and sqrt((2 * 0.1**2) / 4)
+    within = (0.1 + np.sqrt(0.005)) / 2
+    assert spec['within_class_std'] == pytest.approx(within)
+    assert spec['ratio'] == pytest.approx(0.1 / within)
+    assert spec['chance_ratio'] == pytest.approx(np.sqrt(0.5))
+    same = class_specificity(np.tile([[0.3, 0.7]], (4, 1)), labels, 2)
+    assert same['across_class_std'] == 0
+
+
+def test_cli_runs_on_a_config_and_reports_bad_input(tmp_path, capsys):
+    from mmengine.runner import save_checkpoint
+
+    from mmsk.visualization.cli import se_weights_main, sk_attention_main
+    from mmsk.visualization.inputs import load_model
+    config = f'{ROOT}/configs/sknet/sknet18-cifar_1xb64_mnist5k.py'
+    tiny = ['model.backbone.stem_channels=8', 'model.backbone.base_channels=8',
+            'model.head.in_channels=64']
+    # a checkpoint of the tiny model, read back through the safe loader
+    net = load_model(config, None, cfg_options={
+        k: int(v) for k, v in (o.split('=') for o in tiny)})
+    ckpt = str(tmp_path / 'tiny.pth')
+    save_checkpoint(net.state_dict(), ckpt)
+    out = tmp_path / 'sk'
+    argv = [config, ckpt, '--dataset', 'built-in', '--max-images', '4',
+            '--scales', '1', '2', '--out', str(out), '--cfg-options', *tiny]
+    assert sk_attention_main(argv) == 0
+    assert 'mean attention difference' in capsys.readouterr().out
+    assert (out / 'sk_attention_difference.png').exists()
+    assert sk_attention_main(argv[:-len(tiny) - 1] + [
+        '--scales', '0.5', '--cfg-options', *tiny]) == 1
+    assert 'scale' in capsys.readouterr().err
+    assert sk_attention_main([config, str(tmp_path / 'missing.pth'),
+                              '--dataset', 'built-in', '--out', str(out)]
+                             ) == 1
+    assert 'missing.pth' in capsys.readouterr().err
+    # images from a folder with class sub-folders
+    import mmcv
+    from mmsk.visualization import builtin_images
+    few = builtin_images('val', max_images=4)
+    for i, (img, label) in enumerate(zip(few.images, few.labels)):
+        mmcv.imwrite(img, str(tmp_path / 'imgs' / str(label) / f'{i}.png'))
+    assert sk_attention_main(
+        [config, ckpt, str(tmp_path / 'imgs'), '--out', str(tmp_path / 'f'),
+         '--unit', 'layer1.1.conv1', '--cfg-options', *tiny]) == 0
+    saved = json.load(open(tmp_path / 'f' / 'sk_attention.json'))
+    assert saved['classes'] == ['0', '1', '2', '3']
+    assert saved['chosen_unit']['name'] == 'layer1.1.conv1'
+    # SE tool on an SK model: a clear error, not a traceback
+    assert se_weights_main([config, ckpt, '--dataset', 'built-in', '--out',
+                            str(out), '--cfg-options', *tiny]) == 1
+    assert 'no SE module' in capsys.readouterr().err
+
+
+# --- Grad-CAM (mmpretrain's vis_cam.py) on mmsk classifiers ---------------
+
+
+def vis_cam_module():
+    pytest.importorskip('pytorch_grad_cam', reason='grad-cam is not '
+                        'installed (requirements/tests.txt)')
+    import runpy
+
+    from mmsk.utils.tools import mmpretrain_tool_path
+    return runpy.run_path(
+        mmpretrain_tool_path('visualization/vis_cam.py'),
+        run_name='vis_cam')
+
+
+def _default_layer_cases():
+    from test_backbones import BACKBONES
+    cases = copy.deepcopy(BACKBONES)
+    # SKAttention as the attention slot after the last conv of each block:
+    # its attention's BatchNorm on pooled 1x1 features must not be chosen
+    cases['sknet18-sk-attention-slot'] = dict(
+        type='SKNet', depth=18, stem_channels=8, base_channels=8,
+        attn_cfg=dict(type='SKAttention', groups=1, min_channels=8))
+    return cases
+
+
+@pytest.mark.parametrize('name', list(_default_layer_cases()))
+def test_vis_cam_default_target_layer_is_spatial(name):
+    """vis_cam picks the last norm layer of the backbone (in module
+    order); for every mmsk backbone it must see the last feature map."""
+    from mmsk.registry import MODELS
+    get_default = vis_cam_module()['get_default_target_layers']
+    torch.manual_seed(0)
+    backbone = MODELS.build(_default_layer_cases()[name]).eval()
+    model = types.SimpleNamespace(backbone=backbone)
+    args = types.SimpleNamespace(vit_like=False, num_extra_tokens=None)
+    layer, = get_default(model, args)
+    seen = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        outs = backbone(torch.rand(1, backbone_in_channels(backbone), 64,
+                                   64))
+    handle.remove()
+    assert seen[-1].shape[-2:] == outs[-1].shape[-2:]
+    assert seen[-1].shape[-2:].numel() > 1
+
+
+def test_vis_cam_default_target_layer_with_mmdet_sk_plugin():
+    pytest.importorskip('mmdet', reason='mmdet is not importable')
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    get_default = vis_cam_module()['get_default_target_layers']
+    init_default_scope('mmdet')
+    resnet = MODELS.build(
+        dict(type='ResNet', depth=50, stem_channels=8, base_channels=8,
+             plugins=[dict(cfg=dict(type='mmsk.SKAttention'),
+                           stages=(False, True, True, True),
+                           position='after_conv2')]))
+    resnet.eval()
+    layer, = get_default(types.SimpleNamespace(backbone=resnet),
+                         types.SimpleNamespace(vit_like=False))
+    seen = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        outs = resnet(torch.rand(1, 3, 64, 64))
+    handle.remove()
+    assert seen[-1].shape[-2:] == outs[-1].shape[-2:] == (2, 2)
+
+
+def backbone_in_channels(backbone):
+    first = next(m for m in backbone.modules()
+                 if isinstance(m, torch.nn.Conv2d))
+    return first.in_channels
+
+
+VIS_CAM_RUNNER = '''
+import runpy, sys
+import numpy as np
+import mmsk
+from mmsk.utils.tools import mmpretrain_tool_path
+out = sys.argv.pop()
+path = mmpretrain_tool_path('visualization/vis_cam.py')
+sys.argv = [path] + sys.argv[1:]
+tool = runpy.run_path(path, run_name='vis_cam')
+show = tool['main'].__globals__['show_cam_grad']
+def keep(grayscale_cam, *args, **kwargs):
+    np.save(out, grayscale_cam)
+    return show(grayscale_cam, *args, **kwargs)
+tool['main'].__globals__['show_cam_grad'] = keep
+tool['main']()
+'''
+
+
+def test_vis_cam_runs_on_an_mmsk_classifier(tmp_path, digits):
+    """mmpretrain's vis_cam.py, unchanged, on a small SKNet classifier
+    (default target layer) gives a non-constant map."""
+    vis_cam_module()
+    import mmcv
+    from mmengine.runner import save_checkpoint
+    config = tmp_path / 'sknet_tiny.py'
+    config.write_text(
+        f"_base_ = ['{ROOT}/configs/sknet/sknet18-cifar_1xb64_mnist5k.py']\n"
+        "model = dict(backbone=dict(stem_channels=8, base_channels=8),\n"
+        "             head=dict(in_channels=64))\n"
+        "test_dataloader = dict(dataset=dict(pipeline=[\n"
+        "    dict(type='LoadImageFromFile', color_type='grayscale'),\n"
+        "    dict(type='PackInputs')]))\n")
+    model = classifier(dict(type='SKNet', depth=18, **TINY))
+    ckpt = tmp_path / 'tiny.pth'
+    save_checkpoint(model.state_dict(), str(ckpt))
+    image = tmp_path / 'digit.png'
+    mmcv.imwrite(digits.images[3], str(image))
+    cam_file = tmp_path / 'cam.npy'
+    proc = run_python(VIS_CAM_RUNNER, args=[
+        str(image), str(config), str(ckpt), '--save-path',
+        str(tmp_path / 'cam.png'), str(cam_file)
+    ], timeout=300)
+    assert 'layer4.1.conv2.bn' in proc.stdout, proc.stdout
+    cam = np.load(cam_file)
+    assert cam.shape == (1, 28, 28)
+    assert cam.max() - cam.min() > 0.1
+    assert (tmp_path / 'cam.png').exists()

@@ -1,0 +1,123 @@
+"""Throughput (img/s) and peak memory of mmsk models next to timm,
+mmpretrain and torchvision, same weights where a converter exists.
+
+    python tools/analysis_tools/benchmark.py [--models sknet50 senet50 ...]
+        [--size 160 224] [--batch 16] [--modes infer train]
+        [--layout best] [--peer-layout best] [--amp bf16] [--compile]
+        [--deploy] [--with-cp] [--device cpu] [--threads 2]
+        [--warmup 2] [--repeats 5] [--iters 1] [--out-dir benchmarks]
+
+Writes benchmarks/benchmark_*.md and .json (machine, versions, command).
+The method (interleaving, medians, how peak memory is measured) is in the
+docstring of mmsk/benchmark.py and in benchmarks/README.md.
+"""
+import argparse
+import os.path as osp
+import shlex
+import sys
+
+from mmsk.benchmark import (AMP_CHOICES, COMPARISONS, DEVICES,
+                            LAYOUT_CHOICES, MODES, Options, ParityError,
+                            profile_model, run_benchmark, write_record)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='comparisons: ' + '; '.join(
+            f'{name}: {mine} vs {", ".join(peers)}'
+            for name, (mine, peers) in COMPARISONS.items()))
+    parser.add_argument('--models', nargs='+', default=list(COMPARISONS),
+                        metavar='NAME', help='comparisons to run (default: '
+                        'all)')
+    parser.add_argument('--size', nargs='+', type=int, default=[224],
+                        help='input sizes (square)')
+    parser.add_argument('--batch', type=int, default=16)
+    parser.add_argument('--modes', nargs='+', default=list(MODES),
+                        choices=MODES)
+    parser.add_argument('--layout', default='best', choices=LAYOUT_CHOICES,
+                        help="mmsk's memory format ('best': time both, "
+                        'report the faster)')
+    parser.add_argument('--peer-layout', choices=LAYOUT_CHOICES,
+                        help="the peers' memory format (default: --layout)")
+    parser.add_argument('--amp', default='none', choices=AMP_CHOICES,
+                        help='autocast dtype')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile every model')
+    parser.add_argument('--deploy', action='store_true',
+                        help='also time mmsk in deploy form (inference)')
+    parser.add_argument('--with-cp', action='store_true',
+                        help="also train mmsk with with_cp=True (memory)")
+    parser.add_argument('--device', default='cpu', choices=DEVICES)
+    parser.add_argument('--threads', type=int,
+                        help='torch.set_num_threads (default: torch\'s)')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--iters', type=int, default=1,
+                        help='steps per timing (use more on a GPU)')
+    parser.add_argument('--no-memory', action='store_true',
+                        help='skip the peak-memory runs')
+    parser.add_argument('--out-dir', default='benchmarks')
+    parser.add_argument('--name', help='file stem of the .md/.json')
+    parser.add_argument(
+        '--profile', metavar='MODEL',
+        help='instead of timing, profile one model (a key of the '
+        'comparisons, e.g. sknet50 or timm/skresnext50_32x4d) at the first '
+        '--size and --layout (nchw or channels_last), first of --modes; '
+        'with --reference, mmsk\'s plain reference forwards')
+    parser.add_argument('--reference', action='store_true',
+                        help='with --profile: the reference forwards')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    opts = Options(
+        comparisons=args.models,
+        sizes=args.size,
+        batch=args.batch,
+        modes=args.modes,
+        layout=args.layout,
+        peer_layout=args.peer_layout,
+        amp=args.amp,
+        compile=args.compile,
+        deploy=args.deploy,
+        with_cp=args.with_cp,
+        device=args.device,
+        threads=args.threads,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        iters=args.iters,
+        memory=not args.no_memory)
+    if argv is None:
+        argv = sys.argv[1:]
+    tool = osp.relpath(osp.abspath(__file__))
+    command = ' '.join(shlex.quote(a) for a in ['python', tool] + list(argv))
+    try:
+        opts.validate()
+        if args.profile:
+            models = opts.all_models()
+            key = args.profile if args.profile in models else \
+                COMPARISONS.get(args.profile, (args.profile, ))[0]
+            if key not in models:
+                raise ValueError(f'profile: unknown model {args.profile!r}; '
+                                 f'known: {sorted(models)}')
+            print(profile_model(
+                models[key], opts.sizes[0], opts, mode=opts.modes[0],
+                layout=opts.layout if opts.layout != 'best' else
+                'channels_last', reference=args.reference))
+            return 0
+        record = run_benchmark(
+            opts, command, progress=lambda msg: print(msg, flush=True))
+    except (ValueError, ParityError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    md, js = write_record(record, args.out_dir, args.name)
+    print('\n' + record['markdown'])
+    print(f'wrote {md} and {js}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
