@@ -133,3 +133,25 @@ def test_tool_errors_name_the_problem(tmp_path, capsys):
         export_onnx(torch.nn.Identity(), 'x.onnx', shape=(32, ))
     with pytest.raises(ValueError, match='exporter'):
         export_onnx(torch.nn.Identity(), 'x.onnx', (32, 32), exporter='tf')
+
+
+@pytest.mark.parametrize('case', ['sknet18-paper', 'sk-mobilenet-v2'])
+def test_deploy_true_config_with_folded_checkpoint(case, tmp_path):
+    """A config built with ``deploy=True`` loads a folded checkpoint and
+    exports without --deploy; the file equals the folded PyTorch model."""
+    from mmpretrain.registry import MODELS
+
+    from mmsk.deploy.cli import pytorch2onnx
+    cfg = classifier_config(case)
+    torch.manual_seed(0)
+    model = randomize_bn(MODELS.build(cfg.model)).eval()
+    model.backbone.switch_to_deploy()
+    ckpt = str(tmp_path / 'folded.pth')
+    torch.save(dict(state_dict=model.state_dict()), ckpt)
+    cfg.model.backbone.deploy = True
+    result = pytorch2onnx(cfg, ckpt, SHAPE, out=str(tmp_path / 'm.onnx'),
+                          exporter='torchscript', log=lambda _: None)
+    assert result['max_diff'] <= 1e-4, result['diffs']
+    x = torch.randn(1, 1, *SHAPE)
+    from mmsk.deploy import verify_onnx
+    assert verify_onnx(model, result['out'], x)['input'] <= 1e-4
