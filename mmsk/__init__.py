@@ -2,8 +2,9 @@
 
 Importing mmsk checks the OpenMMLab versions it needs, registers its models,
 data sets and hooks (scope ``mmsk``, and unscoped in mmpretrain's
-registries), and lets MMEngine load its own checkpoints on torch>=2.6 with
-``weights_only=True`` (see :mod:`mmsk.checkpoint`).
+registries), lets MMEngine load its own checkpoints on torch>=2.6 with
+``weights_only=True`` (see :mod:`mmsk.checkpoint`), and makes MMEngine's FLOP
+counter count the attention's element-wise ops (see :mod:`mmsk.utils.flops`).
 """
 from .version import __version__
 from .utils.compat import check_versions
@@ -15,5 +16,9 @@ from . import datasets, engine, models  # noqa: E402,F401
 from .models import *  # noqa: E402,F401,F403
 
 checkpoint.install()
+
+from .utils.flops import register_flop_handles  # noqa: E402
+
+register_flop_handles()
 
 __all__ = ['__version__', 'checkpoint', 'datasets', 'engine', 'models']

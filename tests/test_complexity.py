@@ -4,13 +4,21 @@ import pytest
 from conftest import ROOT, run_python
 
 
-@pytest.mark.parametrize('name', ['SKNet-50 (paper)', 'Res2Net-50 26w4s'])
+# FLOPs tolerance. Since mmsk counts the element-wise ops (mmsk.utils.flops),
+# Res2Net-50 26w4s is 4.287G: the convs, norms and pools give 4.28G (+1.9%
+# over the paper's 4.2G, which is given to two digits and counts the convs
+# alone) and its split and residual adds 0.007G more, which puts it 2.07%
+# over. SKNet-50 is 4.52G (+1.1% over the paper's 4.47G).
+FLOPS_TOLERANCE = {'SKNet-50 (paper)': 0.02, 'Res2Net-50 26w4s': 0.025}
+
+
+@pytest.mark.parametrize('name', sorted(FLOPS_TOLERANCE))
 def test_params_and_flops_within_2_percent(name):
     from mmsk.utils.complexity import PAPER_FIGURES, complexity
     cfg, params, flops, _ = PAPER_FIGURES[name]
     got = complexity(cfg)
     assert got['params'] == pytest.approx(params, rel=0.02)
-    assert got['flops'] == pytest.approx(flops, rel=0.02)
+    assert got['flops'] == pytest.approx(flops, rel=FLOPS_TOLERANCE[name])
 
 
 @pytest.mark.parametrize('name', [
@@ -52,3 +60,57 @@ def test_mobilenet_v2_within_2_percent_and_in_the_tool_table(tmp_path):
     assert row in out.read_text()
     assert f"| {got['flops'] / 1e9:.2f} | {flops / 1e9:.2f} |" in \
         out.read_text()
+
+
+def test_attention_ops_are_counted():
+    """SE's gating multiply and sigmoid, and the squeeze, are FLOPs once
+    mmsk is imported (mmengine alone skips them)."""
+    import torch
+    from mmengine.analysis import FlopAnalyzer
+
+    import mmsk  # noqa: F401
+    from mmsk.models.layers import SEAttention
+    se = SEAttention(64, reduction=4).eval()
+    x = torch.rand(1, 64, 8, 8)
+    flops = FlopAnalyzer(se, x)
+    flops.unsupported_ops_warnings(False)
+    by_op = flops.by_operator()
+    assert by_op['mean'] == 64 * 8 * 8  # squeeze: one add per element
+    assert by_op['sigmoid'] == 64  # the gate
+    assert by_op['mul'] == 64 * 8 * 8  # the gating multiply
+    assert by_op['conv'] == 2 * 64 * 16  # reduce, expand
+
+
+# an ImageNet config per family, at a small size to keep it quick
+GET_FLOPS_CONFIGS = [
+    'configs/sknet/sknet18_8xb32_in1k.py',
+    'configs/res2net/se-res2net50-w26-s4_8xb32_in1k.py',
+    'configs/mobilenet_v2/sk-mobilenet-v2_8xb32_in1k.py',
+]
+
+
+@pytest.mark.parametrize('config', GET_FLOPS_CONFIGS)
+def test_mmpretrain_get_flops_gives_mmsk_figures(config):
+    """mmpretrain's own tools/analysis_tools/get_flops.py (backbone + neck;
+    the config imports mmsk) and mmsk's complexity() count the same."""
+    import re
+
+    from mmengine.analysis.print_helper import _format_size
+    from mmengine.config import Config
+
+    from mmsk.utils.complexity import complexity
+    from mmsk.utils.tools import mmpretrain_tool_path
+    size = 64
+    proc = run_python(args=[
+        mmpretrain_tool_path('analysis_tools/get_flops.py'),
+        f'{ROOT}/{config}', '--shape', str(size)
+    ])
+    flops = re.search(r'^Flops: (\S+)$', proc.stdout, re.M).group(1)
+    params = re.search(r'^Params: (\S+)$', proc.stdout, re.M).group(1)
+    backbone = Config.fromfile(f'{ROOT}/{config}').model.backbone
+    ours = complexity(backbone, input_size=size)
+    from mmsk.registry import MODELS
+    feat_dim = MODELS.build(backbone).feat_dim
+    # get_flops counts no head; complexity() adds the 1000-way linear layer
+    assert flops == _format_size(int(ours['flops'] - feat_dim * 1000))
+    assert params == _format_size(int(ours['params']))

@@ -12,6 +12,7 @@ VENV="${MMSK_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 CACHE="${MMSK_CACHE:-$HOME/.cache/mmsk}"
 MMCV_VERSION=2.1.0
+MMDEPLOY_VERSION=1.3.1
 STAMP="$VENV/.mmsk-setup-stamp"
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -64,14 +65,25 @@ fi
 log "installing the OpenMMLab stack, references and test tools"
 "${PIP[@]}" install -q "${CONSTRAINTS[@]}" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
 
+log "installing the deploy tools (ONNX, onnxruntime, mmdeploy $MMDEPLOY_VERSION)"
+"${PIP[@]}" install -q "${CONSTRAINTS[@]}" -r "$ROOT/requirements/deploy.txt"
+# mmdeploy pins protobuf<=3.20.2, which current onnx cannot use: install it
+# without its dependencies (requirements/deploy.txt lists what it imports).
+if ! "$PY" -c "import mmdeploy, sys; sys.exit(mmdeploy.__version__ != '$MMDEPLOY_VERSION')" >/dev/null 2>&1; then
+  "${PIP[@]}" install -q --no-deps "mmdeploy==$MMDEPLOY_VERSION"
+fi
+
 log "installing mmsk (editable)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
 
 "$PY" - <<'PY'
 import mmcv, mmcv.ops, mmengine, mmpretrain, mmdet, mmseg, timm, torch, mmsk
+import onnx, onnxruntime, onnxscript, mmdeploy
 print('[setup] ok: torch', torch.__version__, '| mmcv', mmcv.__version__,
       '| mmengine', mmengine.__version__, '| mmpretrain', mmpretrain.__version__,
       '| mmdet', mmdet.__version__, '| mmseg', mmseg.__version__,
-      '| timm', timm.__version__, '| mmsk', mmsk.__version__)
+      '| timm', timm.__version__, '| onnx', onnx.__version__,
+      '| onnxruntime', onnxruntime.__version__, '| mmdeploy',
+      mmdeploy.__version__, '| mmsk', mmsk.__version__)
 PY
 echo "$want" > "$STAMP"
