@@ -3,7 +3,9 @@
 Importing mmsk checks the OpenMMLab versions it needs, registers its models
 and data sets (scope ``mmsk``, and unscoped in mmpretrain's registries), and
 lets MMEngine load its own checkpoints on torch>=2.6 with
-``weights_only=True`` (see :mod:`mmsk.checkpoint`).
+``weights_only=True`` (see :mod:`mmsk.checkpoint`), and makes MMEngine's
+Runner load checkpoints strictly, save them atomically and resume from the
+newest readable one (see :mod:`mmsk.engine`).
 """
 from .version import __version__
 from .utils.compat import check_versions
@@ -11,9 +13,10 @@ from .utils.compat import check_versions
 check_versions()
 
 from . import checkpoint  # noqa: E402
-from . import datasets, models  # noqa: E402,F401
+from . import datasets, engine, models  # noqa: E402,F401
 from .models import *  # noqa: E402,F401,F403
 
 checkpoint.install()
+engine.install()
 
-__all__ = ['__version__', 'checkpoint', 'datasets', 'models']
+__all__ = ['__version__', 'checkpoint', 'datasets', 'engine', 'models']

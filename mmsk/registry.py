@@ -5,9 +5,11 @@ children of MMEngine's root registries, so ``type='mmsk.SKNet'`` resolves from
 any scope (mmdet, mmseg, mmpretrain, ...). Every mmsk class is also added,
 under the same name, to mmpretrain's registries, so that mmpretrain configs
 (default scope ``mmpretrain``) may write ``type='SKNet'`` with no prefix.
+The same holds for its ``HOOKS`` (:mod:`mmsk.engine`).
 Adding never overwrites: a name mmpretrain already has is an error at import.
 """
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry, build_model_from_cfg
 
@@ -40,6 +42,8 @@ DATASETS = Registry(
     parent=MMENGINE_DATASETS,
     scope='mmsk',
     locations=['mmsk.datasets'])
+HOOKS = Registry(
+    'hook', parent=MMENGINE_HOOKS, scope='mmsk', locations=['mmsk.engine'])
 
 
 def _register(own, foreign_name):
@@ -60,3 +64,4 @@ def _register(own, foreign_name):
 
 register_model = _register(MODELS, 'MODELS')
 register_dataset = _register(DATASETS, 'DATASETS')
+register_hook = _register(HOOKS, 'HOOKS')
