@@ -69,7 +69,8 @@ def check_checkpoint_fits(model, checkpoint, filename: str = 'checkpoint',
         if isinstance(checkpoint, dict) else checkpoint
     if not isinstance(state_dict, dict):
         raise CheckpointMismatchError(
-            f'{filename} holds no state dict (got {type(state_dict).__name__})')
+            f'{filename} holds no state dict '
+            f'(got {type(state_dict).__name__})')
     missing, unexpected, mis_shaped = state_dict_mismatch(
         model, _revise(dict(state_dict), revise_keys))
     if not (missing or unexpected or mis_shaped):
