@@ -12,7 +12,7 @@ import signal
 import pytest
 import torch
 
-from conftest import MAIN_CONFIG, ROOT, TINY_OPTIONS, run_python
+from conftest import MAIN_CONFIG, ROOT, TINY_OPTIONS, build_runner, run_python
 
 EPOCHS = 3
 OPTIONS = TINY_OPTIONS + [
@@ -169,3 +169,20 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(
         find_resumable_checkpoint(str(work_dir))
     # an empty work dir is a fresh start, not an error
     assert find_resumable_checkpoint(str(tmp_path / 'empty')) is None
+
+
+def test_exact_resume_hook_refuses_persistent_train_workers(tmp_path):
+    from mmsk.engine import ExactResumeHook
+    runner = build_runner(
+        tmp_path, **{
+            'train_dataloader.num_workers': 1,
+            'train_dataloader.persistent_workers': True
+        })
+    with pytest.raises(ValueError, match='persistent_workers=False'):
+        ExactResumeHook().before_train(runner)
+    # without persistent workers, mmengine's worker seeding (the same
+    # every epoch) gives way to torch's, which follows the epoch's seed
+    runner = build_runner(tmp_path, **{'train_dataloader.num_workers': 1})
+    assert runner.train_dataloader.worker_init_fn is not None
+    ExactResumeHook().before_train(runner)
+    assert runner.train_dataloader.worker_init_fn is None

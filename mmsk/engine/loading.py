@@ -10,8 +10,9 @@ mis-shaped keys, on every rank.
 
 Fine-tuning from a partial checkpoint (a new head, another number of classes)
 is an explicit opt-in: ``load_from_strict = False`` in the config (or
-``--cfg-options load_from_strict=False``). It relaxes ``load_from`` only;
-``--resume`` is always strict.
+``--cfg-options load_from_strict=False``). It relaxes ``load_from`` in
+training only; ``--resume`` and evaluation (``tools/test.py``) are always
+strict.
 """
 import re
 import threading
@@ -112,6 +113,12 @@ def _load_strict_flag(cfg) -> bool:
     return value
 
 
+def _is_training(runner) -> bool:
+    """Whether ``runner`` has built its train loop (``Runner.train``)."""
+    from mmengine.runner import BaseLoop
+    return isinstance(getattr(runner, '_train_loop', None), BaseLoop)
+
+
 def install():
     """Make MMEngine's Runner check every checkpoint it loads (idempotent)."""
     from mmengine.runner import runner as runner_module
@@ -132,10 +139,14 @@ def install():
         return to_model(model, checkpoint, strict, logger, revise_keys)
 
     def strict_load_checkpoint(self, filename, *args, **kwargs):
+        opted_out = not _load_strict_flag(getattr(self, 'cfg', None))
         if is_resuming():
             hint = ('--resume continues the run of this config: resume from '
                     "a checkpoint of the config's own work dir")
-        elif not _load_strict_flag(getattr(self, 'cfg', None)):
+        elif not _is_training(self):
+            hint = ('Evaluation needs a checkpoint of this config\'s model '
+                    f'({STRICT_KEY}=False applies to training only)')
+        elif opted_out:
             return load_checkpoint(self, filename, *args, **kwargs)
         else:
             hint = ('To fine-tune from a partial checkpoint (e.g. a new '
