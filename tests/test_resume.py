@@ -142,7 +142,7 @@ def test_sigkills_mid_epoch_and_mid_save_then_resume_is_bit_exact(
 
 
 def test_resume_falls_back_to_the_newest_readable_checkpoint(
-        uninterrupted, tmp_path, capsys):
+        uninterrupted, tmp_path):
     import mmsk  # noqa: F401
     from mmsk.checkpoint import CorruptCheckpointError
     from mmsk.engine import find_resumable_checkpoint
@@ -156,9 +156,19 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(
     newest.write_bytes(data[:len(data) // 2])  # truncated
     for best in work_dir.glob('best_*.pth'):
         best.unlink()
-    capsys.readouterr()
-    assert find_resumable_checkpoint(str(work_dir)) == str(previous)
-    log = capsys.readouterr().out
+    import logging
+
+    from mmengine.logging import MMLogger
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        assert find_resumable_checkpoint(str(work_dir)) == str(previous)
+    finally:
+        logger.removeHandler(handler)
+    log = ' '.join(r.getMessage() for r in records)
     assert 'Skipped unreadable checkpoint' in log and str(newest) in log
     # a checkpoint with flipped bytes (same size) is caught as well
     flipped = bytearray(previous.read_bytes())
