@@ -11,11 +11,13 @@ files by :func:`load_local_checkpoint`, which keeps ``weights_only=True`` and
 allows exactly the extra types that mmengine checkpoints hold
 (:func:`allowed_globals`). Anything else, such as a pickled callable in a
 hostile file, is refused with :class:`UnsafeCheckpointError` before any of it
-runs; an unreadable file raises :class:`CorruptCheckpointError`.
+runs; an unreadable file (truncated, random bytes, text) raises
+:class:`CorruptCheckpointError`.
 """
 import os.path as osp
 import pickle
 import re
+import zipfile
 from functools import lru_cache
 from typing import List
 
@@ -102,6 +104,11 @@ def load_local_checkpoint(filename: str, map_location=None):
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
+    if not _looks_like_torch_file(filename):
+        raise CorruptCheckpointError(
+            f'Cannot read checkpoint {filename!r}: it is corrupt, truncated '
+            f'or not a torch checkpoint (neither a zip archive nor a legacy '
+            f'torch file)')
     # only the entries not allowed already: leaving the context removes
     # them, and must not remove what add_safe_globals allowed for good
     present = set(torch.serialization.get_safe_globals())
@@ -111,6 +118,8 @@ def load_local_checkpoint(filename: str, map_location=None):
             return torch.load(
                 filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if not _refused_a_type(str(e)):
+            raise _corrupt(filename, e) from e
         found = _GLOBAL.search(str(e))
         what = f'the global {found.group(1) or found.group(2)!r}' if found \
             else \
@@ -120,10 +129,39 @@ def load_local_checkpoint(filename: str, map_location=None):
             f'mmsk does not load (weights_only=True; allowed extra types: '
             f'{[_global_name(g) for g in allowed_globals()]}'
             f'). Nothing in the file was run.') from None
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise CorruptCheckpointError(
-            f'Cannot read checkpoint {filename!r}: it is corrupt, truncated '
-            f'or not a torch checkpoint ({type(e).__name__}: {e})') from e
+    except Exception as e:  # noqa: BLE001 - garbage fails in many ways
+        raise _corrupt(filename, e) from e
+
+
+def _looks_like_torch_file(filename: str) -> bool:
+    """A complete zip archive (torch>=1.6) or a file that starts with the
+    pickled magic number of torch's legacy format."""
+    if zipfile.is_zipfile(filename):
+        return True
+    magic = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
+    with open(filename, 'rb') as f:
+        return f.read(len(magic)) == magic
+
+
+#: What torch's weights-only unpickler says when it refuses a type or a
+#: call (a well-formed pickle asking for something not allowed), as opposed
+#: to bytes that are no pickle at all ("Unsupported operand", an empty stack).
+_REFUSAL = re.compile(r'global|reduce|allowlist|class|not allowed|callable',
+                      re.IGNORECASE)
+
+
+def _refused_a_type(message: str) -> bool:
+    detail = message.split('WeightsUnpickler error:', 1)[-1]
+    detail = detail.split('Check the documentation of torch.load')[0]
+    return bool(_REFUSAL.search(detail))
+
+
+def _corrupt(filename: str, error: Exception) -> CorruptCheckpointError:
+    detail = str(error).split('WeightsUnpickler error:', 1)[-1]
+    detail = ' '.join(detail.split('Check the documentation')[0].split())
+    return CorruptCheckpointError(
+        f'Cannot read checkpoint {filename!r}: it is corrupt, truncated or '
+        f'not a torch checkpoint ({type(error).__name__}: {detail})')
 
 
 def install():

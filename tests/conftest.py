@@ -67,6 +67,23 @@ TINY_OPTIONS = [
 ]
 
 
+def build_runner(work_dir, tiny=True, **options):
+    """An MMEngine Runner of the main config (TINY_OPTIONS unless ``tiny``
+    is False, then ``options``), built in this process."""
+    import mmsk  # noqa: F401
+    from mmengine.config import Config, DictAction
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(MAIN_CONFIG)
+    if tiny:
+        cfg.merge_from_dict({
+            key: DictAction._parse_iterable(value)
+            for key, value in (o.split('=', 1) for o in TINY_OPTIONS)
+        })
+    cfg.merge_from_dict(options)
+    cfg.work_dir = str(work_dir)
+    return Runner.from_cfg(cfg)
+
+
 def train_tool(work_dir, *extra, tool=f'{ROOT}/tools/train.py', epochs=1,
                config=MAIN_CONFIG):
     return run_python(args=[

@@ -4,15 +4,39 @@ import pytest
 
 
 def test_split_is_fixed_stratified_and_disjoint():
+    from mmsk.datasets.mnist5k import _load_table, load_mnist5k, split_rows
+    sizes = dict(train=3500, val=500, test=1000)
+    _, labels = _load_table()
+    rows = {split: split_rows(labels, split) for split in sizes}
+    for split, size in sizes.items():
+        images, targets = load_mnist5k(split)
+        assert images.shape == (size, 28, 28) and images.dtype == np.uint8
+        assert np.bincount(targets).tolist() == [size // 10] * 10
+        assert len(set(rows[split])) == size
+    # the three splits partition the 5,000 rows
+    every = np.concatenate(list(rows.values()))
+    assert sorted(every.tolist()) == list(range(5000))
+    # shuffled within each class, not the file's first/last rows
+    first_350 = np.flatnonzero(labels == 0)[:350]
+    assert set(rows['train'][:350]) != set(first_350)
+    # fixed: the same rows on every call (the seed is a constant)
+    assert np.array_equal(split_rows(labels, 'test'), rows['test'])
+    # no test image is (a duplicate of) a training image, save a few
+    seen = {x.tobytes() for x in load_mnist5k('train')[0]}
+    assert sum(x.tobytes() in seen for x in load_mnist5k('test')[0]) < 5
+
+
+def test_normalisation_is_the_train_split_statistics():
+    from mmengine.config import Config
+
+    from conftest import MAIN_CONFIG
     from mmsk.datasets.mnist5k import load_mnist5k
-    train_x, train_y = load_mnist5k('train')
-    val_x, val_y = load_mnist5k('val')
-    assert train_x.shape == (4000, 28, 28) and val_x.shape == (1000, 28, 28)
-    assert train_x.dtype == np.uint8
-    assert np.bincount(train_y).tolist() == [400] * 10
-    assert np.bincount(val_y).tolist() == [100] * 10
-    flat_train = {x.tobytes() for x in train_x}
-    assert sum(x.tobytes() in flat_train for x in val_x) < 5  # (duplicates)
+    cfg = Config.fromfile(MAIN_CONFIG)
+    train = load_mnist5k('train')[0].astype(np.float64)
+    assert cfg.data_preprocessor.mean == [round(train.mean(), 2)]
+    assert cfg.data_preprocessor.std == [round(train.std(), 2)]
+    assert cfg.val_dataloader.dataset.split == 'val'
+    assert cfg.test_dataloader.dataset.split == 'test'
 
 
 def test_dataset_through_registry_and_pipeline():
@@ -21,12 +45,13 @@ def test_dataset_through_registry_and_pipeline():
     ds = DATASETS.build(
         dict(
             type='MNIST5k',
-            split='val',
+            split='test',
             pipeline=[
                 dict(type='RandomCrop', crop_size=28, padding=2),
                 dict(type='PackInputs')
             ]))
     assert len(ds) == 1000 and ds.metainfo['classes'][3] == '3 - three'
+    assert ds.test_mode
     item = ds[0]
     assert tuple(item['inputs'].shape) == (1, 28, 28)
     assert item['data_samples'].gt_label.item() == 0
@@ -35,4 +60,4 @@ def test_dataset_through_registry_and_pipeline():
 def test_bad_split():
     from mmsk.datasets import MNIST5k
     with pytest.raises(ValueError, match='split'):
-        MNIST5k(split='test')
+        MNIST5k(split='holdout')

@@ -39,15 +39,58 @@ def test_mmpretrain_shipped_train_tool_runs_mmsk_config(tmp_path):
     assert (tmp_path / 'epoch_1.pth').is_file()
 
 
-def test_dist_scripts_on_cpu(trained_work_dir, tmp_path):
+# Saves every rank's parameters at the end of training (rank{R}.pth).
+RANK_DUMP = '''
+import os.path as osp
+import torch
+from mmengine.dist import get_rank
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class DumpRankWeights(Hook):
+    def after_train(self, runner):
+        model = runner.model.module if is_model_wrapper(runner.model) \\
+            else runner.model
+        # parameters (DDP keeps them equal; BN statistics are each rank's
+        # own after its last forward, and rank 0's are saved)
+        torch.save({k: v.detach() for k, v in model.named_parameters()},
+                   osp.join(runner.work_dir, f'rank{get_rank()}.pth'))
+'''
+
+
+def test_dist_scripts_two_processes_on_cpu(tmp_path):
+    """tools/dist_train.sh CONFIG 2 (torchrun, gloo): both ranks end with
+    the same parameters and one checkpoint is written; tools/dist_test.sh
+    evaluates it with 2 processes."""
     import subprocess
     import sys
+
+    import torch
+
     from conftest import TINY_OPTIONS
-    env = dict(os.environ, PYTHON=sys.executable, PORT='29533')
+    (tmp_path / 'rank_dump.py').write_text(RANK_DUMP)
+    config = tmp_path / 'dist.py'
+    config.write_text(
+        f'_base_ = [{MAIN_CONFIG!r}]\n'
+        "custom_imports = dict(imports=['mmsk', 'rank_dump'], "
+        'allow_failed_imports=False)\n'
+        "custom_hooks = [dict(type='ExactResumeHook'), "
+        "dict(type='DumpRankWeights')]\n")
+    work_dir = tmp_path / 'work'
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        PORT='29533',
+        OMP_NUM_THREADS='1',
+        PYTHONPATH=os.pathsep.join(
+            [str(tmp_path), os.environ.get('PYTHONPATH', '')]))
     train = subprocess.run([
-        'bash', f'{ROOT}/tools/dist_train.sh', MAIN_CONFIG, '1',
-        '--work-dir',
-        str(tmp_path), '--cfg-options', *TINY_OPTIONS,
+        'bash', f'{ROOT}/tools/dist_train.sh',
+        str(config), '2', '--work-dir',
+        str(work_dir), '--cfg-options', *TINY_OPTIONS,
         'train_cfg.max_epochs=1'
     ],
                            env=env,
@@ -55,15 +98,28 @@ def test_dist_scripts_on_cpu(trained_work_dir, tmp_path):
                            text=True,
                            timeout=600)
     assert train.returncode == 0, train.stderr[-3000:]
-    assert (tmp_path / 'epoch_1.pth').is_file()
+    assert sorted(p.name for p in work_dir.glob('epoch_*.pth')) == \
+        ['epoch_1.pth']
+    ranks = [
+        torch.load(work_dir / f'rank{r}.pth', weights_only=True)
+        for r in (0, 1)
+    ]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    import mmsk  # noqa: F401
+    from mmsk.checkpoint import load_local_checkpoint
+    saved = load_local_checkpoint(str(work_dir / 'epoch_1.pth'))
+    assert all(
+        torch.equal(saved['state_dict'][k], v) for k, v in ranks[0].items())
     test = subprocess.run([
         'bash', f'{ROOT}/tools/dist_test.sh', MAIN_CONFIG,
-        str(tmp_path / 'epoch_1.pth'), '1', '--work-dir',
-        str(tmp_path), '--cfg-options', *TINY_OPTIONS
+        str(work_dir / 'epoch_1.pth'), '2', '--work-dir',
+        str(tmp_path / 'test'), '--cfg-options', *TINY_OPTIONS,
+        'test_dataloader.dataset.indices=64', 'test_dataloader.num_workers=0',
+        'test_dataloader.persistent_workers=False'
     ],
                           env=env,
                           capture_output=True,
                           text=True,
                           timeout=600)
     assert test.returncode == 0, test.stderr[-3000:]
-    assert 'accuracy/top1' in test.stdout + test.stderr
+    assert re.search(r'accuracy/top1: \d', test.stdout + test.stderr)

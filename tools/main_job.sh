@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Train CONFIG on the built-in data set, test its best checkpoint, print top-1.
+# Train CONFIG on the built-in data set (best checkpoint picked on val), test
+# that checkpoint on the held-out test split, print its test top-1.
 #   tools/main_job.sh [CONFIG] [WORK_DIR]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +21,6 @@ echo "[main] trained in ${train_s}s; testing $best"
 "$PYTHON" - "$WORK_DIR/test_metrics.json" "$train_s" "$CONFIG" <<'PY'
 import json, sys
 metrics = json.load(open(sys.argv[1]))
-print(f"[main] {sys.argv[3]}: val top-1 = {metrics['accuracy/top1']:.2f}% "
+print(f"[main] {sys.argv[3]}: test top-1 = {metrics['accuracy/top1']:.2f}% "
       f"(training took {sys.argv[2]} s)")
 PY

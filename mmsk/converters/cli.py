@@ -1,7 +1,9 @@
 """The command line shared by mmsk's weight converters (``tools/
 model_converters/*_to_mmsk.py``): ``NAME SRC DST`` or ``--list``; a bad name,
-a checkpoint that does not fit, or an unsafe / corrupt file ends with
-``error: ...`` on stderr and exit code 1."""
+a checkpoint that does not fit, an unsafe / corrupt file, or a DST that is
+SRC itself or a folder ends with ``error: ...`` on stderr and exit code 1.
+DST is written atomically and its missing parent folders are created
+(:mod:`mmsk.utils.io`)."""
 import argparse
 import sys
 from typing import Callable, Iterable, Optional, Sequence

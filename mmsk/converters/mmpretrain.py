@@ -16,6 +16,7 @@ its configs use the plain form.
 from typing import Callable, Dict, Optional
 
 from mmsk.checkpoint import load_local_checkpoint
+from mmsk.utils.io import check_output_path
 from .timm import (_RESNET_BLOCK_RULES, _rename, _unwrap,
                    backbone_classifier_config, save_converted)
 
@@ -121,6 +122,7 @@ def convert_checkpoint(model_name: str,
     with ``state_dict``, or a bare state dict; read with
     ``weights_only=True``) to an mmengine checkpoint ``dst``."""
     _entry(model_name)
+    check_output_path(dst, inputs=[src])
     state_dict = _unwrap(load_local_checkpoint(src, map_location='cpu'))
     if not isinstance(state_dict, dict) or not state_dict:
         raise ValueError(f'{src} holds no state dict')
@@ -129,7 +131,7 @@ def convert_checkpoint(model_name: str,
     converted = convert_state_dict(model_name, state_dict)
     cfg_text = classifier_config(model_name, num_classes)
     save_converted(cfg_text, converted, dst, model_name,
-                   f'mmpretrain/{model_name}')
+                   f'mmpretrain/{model_name}', src=src)
     if progress:
         progress(f'converted {len(converted)} tensors of mmpretrain '
                  f'{model_name!r} -> {dst}')

@@ -10,9 +10,8 @@ rebuilds the model with no other file.
 import re
 from typing import Callable, Dict, Optional
 
-import torch
-
 from mmsk.checkpoint import load_local_checkpoint
+from mmsk.utils.io import atomic_save, check_output_path
 from .mobilenet import TIMM_MOBILENETV2_MODELS, convert_timm_mobilenetv2
 
 
@@ -274,6 +273,7 @@ def convert_checkpoint(model_name: str,
     ``model``; it is read with ``weights_only=True``.
     """
     _entry(model_name)
+    check_output_path(dst, inputs=[src])
     state_dict = _unwrap(load_local_checkpoint(src, map_location='cpu'))
     if not isinstance(state_dict, dict) or not state_dict:
         raise ValueError(f'{src} holds no state dict')
@@ -282,7 +282,7 @@ def convert_checkpoint(model_name: str,
         'head.fc.weight' in converted else 1000
     cfg_text = classifier_config(model_name, num_classes)
     save_converted(cfg_text, converted, dst, model_name,
-                   f'timm/{model_name}')
+                   f'timm/{model_name}', src=src)
     if progress:
         progress(f'converted {len(converted)} tensors of timm {model_name!r} '
                  f'-> {dst}')
@@ -290,14 +290,16 @@ def convert_checkpoint(model_name: str,
 
 
 def save_converted(cfg_text: str, state_dict: dict, dst: str,
-                   model_name: str, converted_from: str):
+                   model_name: str, converted_from: str,
+                   src: Optional[str] = None):
     """Check the converted keys/shapes against the model of ``cfg_text``,
-    then write the checkpoint (config text in ``meta['cfg']``)."""
+    then write the checkpoint (config text in ``meta['cfg']``) atomically,
+    never over ``src`` (:func:`mmsk.utils.io.atomic_save`)."""
     _check_keys(cfg_text, state_dict, model_name)
-    torch.save(
+    atomic_save(
         dict(
             meta=dict(cfg=cfg_text, converted_from=converted_from),
-            state_dict=state_dict), dst)
+            state_dict=state_dict), dst, inputs=[src])
 
 
 def _check_keys(cfg_text: str, state_dict: dict, model_name: str):

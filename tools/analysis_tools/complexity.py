@@ -11,6 +11,7 @@ import sys
 from mmengine.utils import ProgressBar
 
 from mmsk.utils.complexity import PAPER_FIGURES, paper_table
+from mmsk.utils.io import OutputPathError, atomic_write_text, check_output_path
 
 
 def _fmt(value, unit):
@@ -28,6 +29,12 @@ def main(argv=None):
     parser.add_argument('--out', help='also write the table to this file')
     parser.add_argument('--tolerance', type=float, default=2.0)
     args = parser.parse_args(argv)
+    if args.out:
+        try:
+            check_output_path(args.out)
+        except OutputPathError as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 1
     names = args.names or list(PAPER_FIGURES)
     bar = ProgressBar(len(names))
     rows = paper_table(names, progress=lambda _: bar.update())
@@ -48,8 +55,7 @@ def main(argv=None):
     table = '\n'.join(lines)
     print('\n' + table)
     if args.out:
-        with open(args.out, 'w') as f:
-            f.write(table + '\n')
+        atomic_write_text(table + '\n', args.out)
     if bad:
         print(f'off by more than {args.tolerance}%: {sorted(set(bad))}',
               file=sys.stderr)

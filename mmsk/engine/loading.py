@@ -1,0 +1,171 @@
+"""Strict checkpoint loading in MMEngine's Runner.
+
+MMEngine's ``Runner.load_checkpoint`` (used by ``tools/test.py CONFIG CKPT``,
+``--resume`` and ``load_from``) loads with ``strict=False``: a checkpoint of
+another model only logs missing/unexpected keys and the run goes on with a
+partly random model (and reports a meaningless accuracy). After
+:func:`install` (run by ``import mmsk``) the Runner refuses such a checkpoint
+with :class:`CheckpointMismatchError`, naming the missing, unexpected and
+mis-shaped keys, on every rank.
+
+Fine-tuning from a partial checkpoint (a new head, another number of classes)
+is an explicit opt-in: ``load_from_strict = False`` in the config (or
+``--cfg-options load_from_strict=False``). It relaxes ``load_from`` in
+training only; ``--resume`` and evaluation (``tools/test.py``) are always
+strict.
+"""
+import re
+import threading
+from contextlib import contextmanager
+from typing import Dict, List, Optional, Tuple
+
+#: Config key of the opt-in to partial ``load_from`` loading.
+STRICT_KEY = 'load_from_strict'
+_SHOWN = 20  # keys named per kind in an error message
+_policy = threading.local()
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The checkpoint's state dict does not fit the model."""
+
+
+def _revise(state_dict: Dict, revise_keys) -> Dict:
+    for pattern, repl in revise_keys or ():
+        state_dict = {re.sub(pattern, repl, k): v
+                      for k, v in state_dict.items()}
+    return state_dict
+
+
+def state_dict_mismatch(
+        model, state_dict: Dict
+) -> Tuple[List[str], List[str], List[Tuple[str, tuple, tuple]]]:
+    """``(missing, unexpected, mis_shaped)`` keys of ``state_dict`` against
+    ``model.state_dict()``; ``mis_shaped`` holds ``(key, checkpoint shape,
+    model shape)``."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mis_shaped = []
+    for key in sorted(set(expected) & set(state_dict)):
+        got = getattr(state_dict[key], 'shape', None)
+        if got is not None and tuple(got) != tuple(expected[key].shape):
+            mis_shaped.append(
+                (key, tuple(got), tuple(expected[key].shape)))
+    return missing, unexpected, mis_shaped
+
+
+def _names(keys: List[str]) -> str:
+    more = f' ... and {len(keys) - _SHOWN} more' if len(keys) > _SHOWN \
+        else ''
+    return ', '.join(keys[:_SHOWN]) + more
+
+
+def check_checkpoint_fits(model, checkpoint, filename: str = 'checkpoint',
+                          revise_keys=((r'^module.', ''), ),
+                          hint: Optional[str] = None):
+    """Raise :class:`CheckpointMismatchError` unless every key of the model
+    is in the checkpoint with the same shape and the checkpoint holds no
+    other key."""
+    state_dict = checkpoint.get('state_dict', checkpoint) \
+        if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state_dict, dict):
+        raise CheckpointMismatchError(
+            f'{filename} holds no state dict '
+            f'(got {type(state_dict).__name__})')
+    missing, unexpected, mis_shaped = state_dict_mismatch(
+        model, _revise(dict(state_dict), revise_keys))
+    if not (missing or unexpected or mis_shaped):
+        return
+    parts = []
+    if missing:
+        parts.append(f'{len(missing)} missing keys: {_names(missing)}')
+    if unexpected:
+        parts.append(
+            f'{len(unexpected)} unexpected keys: {_names(unexpected)}')
+    if mis_shaped:
+        shown = [f'{k} (checkpoint {a}, model {b})' for k, a, b in mis_shaped]
+        parts.append(f'{len(mis_shaped)} mis-shaped keys: {_names(shown)}')
+    raise CheckpointMismatchError(
+        f'{filename} does not fit the model {type(model).__name__}: '
+        + '; '.join(parts) + (f'. {hint}' if hint else ''))
+
+
+def is_resuming() -> bool:
+    """Whether the Runner of this thread is inside ``Runner.resume``."""
+    return getattr(_policy, 'resuming', False)
+
+
+@contextmanager
+def _strict(filename: str, hint: str):
+    previous = getattr(_policy, 'value', None)
+    _policy.value = (filename, hint)
+    try:
+        yield
+    finally:
+        _policy.value = previous
+
+
+def _load_strict_flag(cfg) -> bool:
+    value = cfg.get(STRICT_KEY, True) if cfg is not None else True
+    if not isinstance(value, bool):
+        raise ValueError(f'{STRICT_KEY} must be True or False, got '
+                         f'{value!r} ({type(value).__name__})')
+    return value
+
+
+def _is_training(runner) -> bool:
+    """Whether ``runner`` has built its train loop (``Runner.train``)."""
+    from mmengine.runner import BaseLoop
+    return isinstance(getattr(runner, '_train_loop', None), BaseLoop)
+
+
+def install():
+    """Make MMEngine's Runner check every checkpoint it loads (idempotent)."""
+    from mmengine.runner import runner as runner_module
+    Runner = runner_module.Runner
+    if getattr(Runner.load_checkpoint, '_mmsk_strict', False):
+        return
+    to_model = runner_module._load_checkpoint_to_model
+    load_checkpoint = Runner.load_checkpoint
+    resume = Runner.resume
+
+    def checked_load_to_model(model, checkpoint, strict=False, logger=None,
+                              revise_keys=[(r'^module.', '')]):
+        policy = getattr(_policy, 'value', None)
+        if policy is not None:
+            filename, hint = policy
+            check_checkpoint_fits(model, checkpoint, filename, revise_keys,
+                                  hint)
+        return to_model(model, checkpoint, strict, logger, revise_keys)
+
+    def strict_load_checkpoint(self, filename, *args, **kwargs):
+        opted_out = not _load_strict_flag(getattr(self, 'cfg', None))
+        if is_resuming():
+            hint = ('--resume continues the run of this config: resume from '
+                    "a checkpoint of the config's own work dir")
+        elif not _is_training(self):
+            hint = ('Evaluation needs a checkpoint of this config\'s model '
+                    f'({STRICT_KEY}=False applies to training only)')
+        elif opted_out:
+            return load_checkpoint(self, filename, *args, **kwargs)
+        else:
+            hint = ('To fine-tune from a partial checkpoint (e.g. a new '
+                    f'head), set {STRICT_KEY}=False in the config '
+                    f'(--cfg-options {STRICT_KEY}=False)')
+        with _strict(f'checkpoint {filename!r}', hint):
+            return load_checkpoint(self, filename, *args, **kwargs)
+
+    def strict_resume(self, filename, *args, **kwargs):
+        previous = getattr(_policy, 'resuming', False)
+        _policy.resuming = True
+        try:
+            return resume(self, filename, *args, **kwargs)
+        finally:
+            _policy.resuming = previous
+
+    strict_load_checkpoint._mmsk_strict = True
+    strict_load_checkpoint.__doc__ = load_checkpoint.__doc__
+    strict_resume.__doc__ = resume.__doc__
+    runner_module._load_checkpoint_to_model = checked_load_to_model
+    Runner.load_checkpoint = strict_load_checkpoint
+    Runner.resume = strict_resume

@@ -1,0 +1,160 @@
+"""Writing output files without losing any: the one helper every mmsk tool
+that writes a file uses.
+
+- :func:`check_output_path` refuses an output that is a folder or one of the
+  tool's inputs, and creates missing parent folders;
+- :func:`atomic_output` hands out a temporary path in the output's folder and
+  renames it onto the output (``os.replace``) only when writing succeeded, so
+  that a crash or an error leaves the old file, or none, never half a file;
+- :func:`atomic_save` (``torch.save``) and :func:`atomic_write_text` are the
+  two usual writers on top of it.
+
+All errors are :class:`OutputPathError` (a ``ValueError``) with a one-line
+message naming the path, so a CLI can print ``error: ...`` and exit 1.
+
+Example:
+    >>> from mmsk.utils.io import atomic_output, atomic_save
+    >>> atomic_save({'state_dict': {}}, 'out/w.pth', inputs=['in/w.pth'])
+    >>> with atomic_output('out/model.onnx') as tmp:
+    ...     torch.onnx.export(model, x, tmp)  # any writer that takes a path
+"""
+import os
+import os.path as osp
+import tempfile
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Optional, Union
+
+PathLike = Union[str, 'os.PathLike[str]']
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written (the message is one line)."""
+
+
+def _same_file(a: str, b: str) -> bool:
+    if osp.exists(a) and osp.exists(b):
+        return osp.samefile(a, b)
+    return osp.realpath(a) == osp.realpath(b)
+
+
+def check_output_path(path: PathLike,
+                      inputs: Iterable[Optional[PathLike]] = (),
+                      make_dirs: bool = True) -> str:
+    """Check that ``path`` can be written and return it as a string.
+
+    Args:
+        path: the output file.
+        inputs: the files the tool reads (``None`` entries are skipped);
+            writing over one of them is refused, also through a symlink or
+            another spelling of the same path.
+        make_dirs: create missing parent folders (else name them in the
+            error).
+
+    Raises:
+        OutputPathError: ``path`` is empty, a folder, one of ``inputs``, or
+            its parent cannot be created / is not a folder.
+    """
+    path = os.fspath(path) if path is not None else ''
+    if not path:
+        raise OutputPathError('no output path given')
+    path = osp.expanduser(path)
+    if osp.isdir(path) or path.endswith(os.sep):
+        raise OutputPathError(
+            f'output {path!r} is a folder: give a file name')
+    for src in inputs:
+        if src is not None and _same_file(path, osp.expanduser(
+                os.fspath(src))):
+            raise OutputPathError(
+                f'output {path!r} is the input {os.fspath(src)!r}: '
+                f'refusing to overwrite it, give another output path')
+    parent = osp.dirname(osp.abspath(path))
+    if not osp.isdir(parent):
+        if osp.exists(parent):
+            raise OutputPathError(
+                f'cannot write {path!r}: {parent!r} is not a folder')
+        if not make_dirs:
+            raise OutputPathError(
+                f'cannot write {path!r}: folder {parent!r} does not exist')
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            raise OutputPathError(
+                f'cannot create folder {parent!r} for {path!r}: '
+                f'{e.strerror or e}') from e
+    return path
+
+
+def _fsync_dir(folder: str):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not supported on this platform / file system
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_output(path: PathLike,
+                  inputs: Iterable[Optional[PathLike]] = (),
+                  make_dirs: bool = True) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` when
+    the block ends without an error, else remove it.
+
+    The temporary file is in the same folder (so the rename is atomic) and
+    keeps the extension (writers that pick a format by extension work). It
+    is flushed to disk before the rename; the rename is followed by an
+    fsync of the folder. :func:`check_output_path` runs first.
+    """
+    path = check_output_path(path, inputs, make_dirs)
+    folder = osp.dirname(osp.abspath(path))
+    stem, ext = osp.splitext(osp.basename(path))
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f'.{stem}.', suffix=f'.tmp{ext}', dir=folder)
+    except OSError as e:
+        raise OutputPathError(
+            f'cannot write in {folder!r}: {e.strerror or e}') from e
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def atomic_save(obj,
+                path: PathLike,
+                inputs: Iterable[Optional[PathLike]] = (),
+                make_dirs: bool = True) -> str:
+    """``torch.save(obj, path)`` through :func:`atomic_output`."""
+    import torch
+    with atomic_output(path, inputs, make_dirs) as tmp:
+        torch.save(obj, tmp)
+    return osp.expanduser(os.fspath(path))
+
+
+def atomic_write_text(text: str,
+                      path: PathLike,
+                      inputs: Iterable[Optional[PathLike]] = (),
+                      make_dirs: bool = True) -> str:
+    """Write ``text`` to ``path`` (UTF-8) through :func:`atomic_output`."""
+    with atomic_output(path, inputs, make_dirs) as tmp:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+    return osp.expanduser(os.fspath(path))

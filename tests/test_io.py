@@ -1,0 +1,101 @@
+"""Tools that write files never lose one: mmsk.utils.io and the converters
+that use it."""
+import os
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+
+def test_check_output_path(tmp_path):
+    from mmsk.utils.io import OutputPathError, check_output_path
+    src = tmp_path / 'in.pth'
+    src.write_bytes(b'x')
+    with pytest.raises(OutputPathError, match='is the input'):
+        check_output_path(src, inputs=[src])
+    # another spelling, and a symlink, of the same file
+    with pytest.raises(OutputPathError, match='is the input'):
+        check_output_path(tmp_path / '.' / 'in.pth', inputs=[str(src)])
+    link = tmp_path / 'link.pth'
+    link.symlink_to(src)
+    with pytest.raises(OutputPathError, match='is the input'):
+        check_output_path(link, inputs=[src])
+    with pytest.raises(OutputPathError, match='is a folder'):
+        check_output_path(tmp_path)
+    with pytest.raises(OutputPathError, match='does not exist'):
+        check_output_path(tmp_path / 'a' / 'b.pth', make_dirs=False)
+    assert not (tmp_path / 'a').exists()
+    out = check_output_path(tmp_path / 'a' / 'b' / 'c.pth', inputs=[None])
+    assert (tmp_path / 'a' / 'b').is_dir() and out.endswith('c.pth')
+    with pytest.raises(OutputPathError, match='not a folder'):
+        check_output_path(src / 'c.pth')
+
+
+def test_atomic_output_keeps_the_old_file_on_failure(tmp_path):
+    from mmsk.utils.io import atomic_output, atomic_save, atomic_write_text
+    out = tmp_path / 'sub' / 'out.pth'
+    atomic_save({'a': torch.ones(2)}, out)
+    assert torch.load(out, weights_only=True)['a'].sum() == 2
+    with pytest.raises(RuntimeError, match='writer failed'):
+        with atomic_output(out) as tmp:
+            assert os.path.dirname(tmp) == str(out.parent)
+            assert tmp.endswith('.pth')  # writers that go by extension
+            with open(tmp, 'wb') as f:
+                f.write(b'half a checkpoint')
+            raise RuntimeError('writer failed')
+    # the old file is intact and no temporary file is left
+    assert torch.load(out, weights_only=True)['a'].sum() == 2
+    assert sorted(p.name for p in out.parent.iterdir()) == ['out.pth']
+    text = atomic_write_text('| table |\n', tmp_path / 'table.md')
+    assert open(text).read() == '| table |\n'
+    assert oct(os.stat(text).st_mode & 0o777) != oct(0o600)
+
+
+@pytest.fixture(scope='module')
+def timm_weights(tmp_path_factory):
+    timm = pytest.importorskip('timm')
+    path = tmp_path_factory.mktemp('timm') / 'skresnet18.pth'
+    torch.save(timm.create_model('skresnet18').state_dict(), path)
+    return path
+
+
+def _convert(*argv):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'timm_to_mmsk', f'{ROOT}/tools/model_converters/timm_to_mmsk.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool.main(['skresnet18', *map(str, argv)])
+
+
+def test_converter_refuses_to_overwrite_its_input(timm_weights, capsys):
+    before = timm_weights.read_bytes()
+    assert _convert(timm_weights, timm_weights) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1, err
+    assert 'is the input' in err
+    assert timm_weights.read_bytes() == before
+
+
+def test_converter_output_folder_and_missing_parents(timm_weights, tmp_path,
+                                                     capsys):
+    assert _convert(timm_weights, tmp_path) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1, err
+    assert 'is a folder' in err
+    dst = tmp_path / 'new' / 'folder' / 'sk18.pth'
+    assert _convert(timm_weights, dst) == 0
+    assert torch.load(dst, weights_only=True)['state_dict']
+    assert [p.name for p in dst.parent.iterdir()] == ['sk18.pth']
+
+
+def test_complexity_tool_refuses_a_folder(tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'complexity', f'{ROOT}/tools/analysis_tools/complexity.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(['--names', 'SE-ResNet-50', '--out', str(tmp_path)]) == 1
+    assert capsys.readouterr().err == \
+        f'error: output {str(tmp_path)!r} is a folder: give a file name\n'

@@ -1,0 +1,198 @@
+"""Exact resume, atomic checkpoint saving and the resume fallback.
+
+A short SKNet run (tiny widths, 128 training digits = 2 iterations per
+epoch, one data-loader worker, deterministic) is killed with SIGKILL in the
+middle of an epoch, or in the middle of writing a checkpoint, and resumed
+with ``--resume``; its final weights must equal those of the uninterrupted
+run bit for bit.
+"""
+import shutil
+import signal
+
+import pytest
+import torch
+
+from conftest import MAIN_CONFIG, ROOT, TINY_OPTIONS, build_runner, run_python
+
+EPOCHS = 3
+OPTIONS = TINY_OPTIONS + [
+    'train_dataloader.num_workers=1', 'randomness.deterministic=True'
+]
+
+# Registers KillAt, a hook that SIGKILLs the process at (epoch, iteration),
+# and, with KILL_IN_SAVE set, a torch.save that writes half a checkpoint of
+# that epoch and then SIGKILLs the process.
+KILLER = '''
+import os, signal
+import torch
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class KillAt(Hook):
+    def __init__(self, epoch=-1, iteration=-1, in_save=-1):
+        self.epoch, self.iteration = epoch, iteration
+        if in_save >= 0:
+            save = torch.save
+
+            def half_save_then_die(obj, f, *args, **kwargs):
+                if isinstance(obj, dict) and \\
+                        obj.get('meta', {}).get('epoch') == in_save:
+                    save(obj, f, *args, **kwargs)
+                    size = os.path.getsize(f)
+                    with open(f, 'r+b') as fh:
+                        fh.truncate(size // 2)
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return save(obj, f, *args, **kwargs)
+
+            torch.save = half_save_then_die
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None):
+        if (runner.epoch, batch_idx) == (self.epoch, self.iteration):
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def _train(work_dir, *extra, epochs=EPOCHS, config=MAIN_CONFIG, check=True):
+    return run_python(
+        args=[
+            f'{ROOT}/tools/train.py', config, '--work-dir',
+            str(work_dir), *extra, '--cfg-options', *OPTIONS,
+            f'train_cfg.max_epochs={epochs}'
+        ],
+        check=check)
+
+
+def _killing_config(tmp_path, **kill):
+    (tmp_path / 'killer.py').write_text(KILLER)
+    args = ', '.join(f'{k}={v}' for k, v in kill.items())
+    config = tmp_path / 'killed.py'
+    config.write_text(
+        f'_base_ = [{MAIN_CONFIG!r}]\n'
+        "custom_imports = dict(imports=['mmsk', 'killer'], "
+        'allow_failed_imports=False)\n'
+        "custom_hooks = [dict(type='ExactResumeHook'), "
+        f"dict(type='KillAt', {args})]\n")
+    return str(config)
+
+
+def _killed_train(tmp_path, work_dir, *extra, **kill):
+    config = _killing_config(tmp_path, **kill)
+    # the config imports killer.py from its own folder
+    proc = run_python(
+        code=(f'import sys; sys.path.insert(0, {str(tmp_path)!r}); '
+              f'sys.argv = ["train.py", {config!r}, "--work-dir", '
+              f'{str(work_dir)!r}, *{list(extra)!r}, "--cfg-options", '
+              f'*{OPTIONS!r}, '
+              f'"train_cfg.max_epochs={EPOCHS}"]; '
+              'from mmsk.utils.tools import run_mmpretrain_tool; '
+              'run_mmpretrain_tool("train.py")'),
+        check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    return proc
+
+
+def _weights(path):
+    import mmsk  # noqa: F401
+    from mmsk.checkpoint import load_local_checkpoint
+    return load_local_checkpoint(str(path))['state_dict']
+
+
+def _assert_bit_identical(a, b):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f'{len(different)} tensors differ: {different[:5]}'
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp('uninterrupted')
+    _train(work_dir)
+    return work_dir
+
+
+def test_sigkills_mid_epoch_and_mid_save_then_resume_is_bit_exact(
+        uninterrupted, tmp_path):
+    import mmsk  # noqa: F401
+    from mmsk.checkpoint import load_local_checkpoint
+    work_dir = tmp_path / 'work'
+    # 1. killed after the first of the two iterations of epoch 2
+    _killed_train(tmp_path, work_dir, epoch=1, iteration=0)
+    assert (work_dir / 'epoch_1.pth').is_file()
+    assert not (work_dir / 'epoch_2.pth').exists()
+    # 2. resumed, and killed while writing epoch 2's checkpoint: half of it
+    # was written aside, never under its name
+    _killed_train(tmp_path, work_dir, '--resume', in_save=2)
+    assert not (work_dir / 'epoch_2.pth').exists()
+    leftovers = [p.name for p in work_dir.iterdir() if p.name.startswith('.')]
+    assert leftovers and all('.tmp' in n for n in leftovers), leftovers
+    assert (work_dir / 'last_checkpoint').read_text().endswith('epoch_1.pth')
+    # 3. resumed again (from epoch 1) to the end: the weights are those of
+    # the uninterrupted run, bit for bit
+    proc = _train(work_dir, '--resume')
+    assert 'resumed epoch: 1' in proc.stdout + proc.stderr
+    _assert_bit_identical(
+        _weights(work_dir / f'epoch_{EPOCHS}.pth'),
+        _weights(uninterrupted / f'epoch_{EPOCHS}.pth'))
+    # the random state travels in the checkpoint (weights_only loading)
+    meta = load_local_checkpoint(str(work_dir / f'epoch_{EPOCHS}.pth'))['meta']
+    assert set(meta['rng_state']) >= {'python', 'numpy', 'torch'}
+
+
+def test_resume_falls_back_to_the_newest_readable_checkpoint(
+        uninterrupted, tmp_path):
+    import mmsk  # noqa: F401
+    from mmsk.checkpoint import CorruptCheckpointError
+    from mmsk.engine import find_resumable_checkpoint
+    work_dir = tmp_path / 'work'
+    shutil.copytree(uninterrupted, work_dir)
+    newest = work_dir / f'epoch_{EPOCHS}.pth'
+    previous = work_dir / f'epoch_{EPOCHS - 1}.pth'
+    (work_dir / 'last_checkpoint').write_text(str(newest))
+    assert find_resumable_checkpoint(str(work_dir)) == str(newest)
+    data = newest.read_bytes()
+    newest.write_bytes(data[:len(data) // 2])  # truncated
+    for best in work_dir.glob('best_*.pth'):
+        best.unlink()
+    import logging
+
+    from mmengine.logging import MMLogger
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        assert find_resumable_checkpoint(str(work_dir)) == str(previous)
+    finally:
+        logger.removeHandler(handler)
+    log = ' '.join(r.getMessage() for r in records)
+    assert 'Skipped unreadable checkpoint' in log and str(newest) in log
+    # a checkpoint with flipped bytes (same size) is caught as well
+    flipped = bytearray(previous.read_bytes())
+    middle = len(flipped) // 2
+    flipped[middle:middle + 64] = bytes(64)
+    previous.write_bytes(bytes(flipped))
+    with pytest.raises(CorruptCheckpointError, match='no checkpoint'):
+        find_resumable_checkpoint(str(work_dir))
+    # an empty work dir is a fresh start, not an error
+    assert find_resumable_checkpoint(str(tmp_path / 'empty')) is None
+
+
+def test_exact_resume_hook_refuses_persistent_train_workers(tmp_path):
+    from mmsk.engine import ExactResumeHook
+    runner = build_runner(
+        tmp_path, **{
+            'train_dataloader.num_workers': 1,
+            'train_dataloader.persistent_workers': True
+        })
+    with pytest.raises(ValueError, match='persistent_workers=False'):
+        ExactResumeHook().before_train(runner)
+    # without persistent workers, mmengine's worker seeding (the same
+    # every epoch) gives way to torch's, which follows the epoch's seed
+    runner = build_runner(tmp_path, **{'train_dataloader.num_workers': 1})
+    assert runner.train_dataloader.worker_init_fn is not None
+    ExactResumeHook().before_train(runner)
+    assert runner.train_dataloader.worker_init_fn is None

@@ -1,0 +1,95 @@
+"""A checkpoint that does not fit the model is an error when evaluating,
+resuming or loading (``load_from``), not a warning and a wrong result;
+fine-tuning from a partial checkpoint is an explicit opt-in."""
+import re
+
+import pytest
+
+from conftest import ROOT, TINY_OPTIONS, build_runner, run_python
+
+SENET_CONFIG = f'{ROOT}/configs/senet/seresnet18-cifar_1xb64_mnist5k.py'
+
+
+def _runner(tmp_path, tiny=True, **options):
+    return build_runner(tmp_path / 'work', tiny, **options)
+
+
+def test_test_tool_refuses_a_checkpoint_of_another_model(
+        trained_work_dir, tmp_path):
+    # an SKNet-18 checkpoint evaluated with the SE-ResNet-18 config
+    proc = run_python(
+        args=[
+            f'{ROOT}/tools/test.py', SENET_CONFIG,
+            str(trained_work_dir / 'epoch_1.pth'), '--work-dir',
+            str(tmp_path), '--cfg-options', *TINY_OPTIONS,
+            'test_dataloader.dataset.indices=64',
+            'test_dataloader.num_workers=0',
+            'test_dataloader.persistent_workers=False'
+        ],
+        check=False)
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert 'CheckpointMismatchError' in err, err[-3000:]
+    # SE attention keys missing, SK unit keys unexpected
+    assert re.search(r'\d+ missing keys: backbone\.layer1\.0\.attn\.', err)
+    assert re.search(r'\d+ unexpected keys: backbone\.layer1\.0\.conv1\.'
+                     r'attn\.', err), err[-3000:]
+    assert 'load_from_strict=False' in err
+    assert 'accuracy/top1' not in proc.stdout + err
+
+
+def test_mis_shaped_keys_are_named(trained_work_dir, tmp_path):
+    from mmsk.engine import CheckpointMismatchError
+    runner = _runner(tmp_path, tiny=False)  # widths 16..128, not 8..64
+    with pytest.raises(CheckpointMismatchError) as info:
+        runner.load_checkpoint(str(trained_work_dir / 'epoch_1.pth'))
+    message = str(info.value)
+    assert 'backbone.conv1.weight (checkpoint (8, 1, 3, 3), model ' \
+        '(16, 1, 3, 3))' in message, message
+    assert 'missing keys' not in message and 'unexpected' not in message
+    assert '... and ' in message  # long lists are cut, with a count
+
+
+def test_partial_load_from_is_an_explicit_opt_in(trained_work_dir, tmp_path):
+    import torch
+
+    from mmsk.checkpoint import load_local_checkpoint
+    from mmsk.engine import CheckpointMismatchError
+    ckpt = load_local_checkpoint(str(trained_work_dir / 'epoch_1.pth'))
+    # a backbone-only checkpoint, as a fine-tuning run with a new head has
+    ckpt['state_dict'] = {
+        k: v
+        for k, v in ckpt['state_dict'].items() if not k.startswith('head.')
+    }
+    partial = tmp_path / 'backbone_only.pth'
+    torch.save(ckpt, partial)
+    strict = _runner(tmp_path)
+    assert strict.train_loop is not None
+    with pytest.raises(CheckpointMismatchError, match='missing keys: head.'):
+        strict.load_checkpoint(str(partial))
+    runner = _runner(tmp_path, load_from_strict=False)
+    # evaluating is always strict ...
+    with pytest.raises(CheckpointMismatchError, match='Evaluation'):
+        runner.load_checkpoint(str(partial))
+    # ... training with the opt-in loads what fits
+    assert runner.train_loop is not None  # what Runner.train builds first
+    runner.load_checkpoint(str(partial))
+    assert torch.equal(runner.model.state_dict()['backbone.conv1.weight'],
+                       ckpt['state_dict']['backbone.conv1.weight'])
+    # resuming is always strict, whatever the opt-in says
+    with pytest.raises(CheckpointMismatchError, match='--resume'):
+        runner.resume(str(partial))
+    with pytest.raises(ValueError, match='load_from_strict'):
+        _runner(tmp_path, load_from_strict='no').load_checkpoint(str(partial))
+    assert runner.cfg.load_from_strict is False
+
+
+def test_a_fitting_checkpoint_loads(trained_work_dir, tmp_path):
+    import torch
+
+    from mmsk.checkpoint import load_local_checkpoint
+    runner = _runner(tmp_path)
+    runner.load_checkpoint(str(trained_work_dir / 'epoch_1.pth'))
+    saved = load_local_checkpoint(str(trained_work_dir / 'epoch_1.pth'))
+    for key, value in runner.model.state_dict().items():
+        assert torch.equal(value, saved['state_dict'][key]), key
