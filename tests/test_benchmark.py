@@ -136,13 +136,13 @@ def test_options_are_validated():
     cases = [
         (dict(comparisons=['sknet5']), "unknown comparison 'sknet5'.*sknet50"),
         (dict(sizes=[16]), 'size must be at least 32'),
-        (dict(batch=0), 'batch must be a positive integer'),
+        (dict(batch=0), 'batch must be a positive int'),
         (dict(modes=['eval']), 'modes must be one of'),
         (dict(layout='nhwc'), 'layout must be one of'),
         (dict(amp='fp8'), 'amp must be one of'),
         (dict(compile=True, warmup=1), 'warmup must be at least 2'),
         (dict(with_cp=True, modes=['infer']), 'with_cp compares training'),
-        (dict(repeats=0), 'repeats must be a positive integer'),
+        (dict(repeats=0), 'repeats must be a positive int'),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):

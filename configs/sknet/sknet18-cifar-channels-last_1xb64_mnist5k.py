@@ -3,4 +3,8 @@
 # Same maths, same accuracy; faster grouped and 1x1 convs on CPUs (oneDNN)
 # and on GPUs with AMP (tensor cores).
 _base_ = ['./sknet18-cifar_1xb64_mnist5k.py']
-custom_hooks = [dict(type='mmsk.ChannelsLastHook')]
+# a list replaces the base's: keep its ExactResumeHook
+custom_hooks = [
+    dict(type='ExactResumeHook'),
+    dict(type='mmsk.ChannelsLastHook'),
+]

@@ -110,9 +110,10 @@ class SKConv(Deployable, BaseModule):
             train mode; ``None`` (no norm; the reduce conv gets a bias) or
             ``dict(type='GN', num_groups=...)`` train with batch 1.
 
-    The forward for two branches is ``lerp(u2, u1, w1)`` (``w1 * u1 + (1 -
-    w1) * u2`` in one pass; for more, a running weighted sum), with no 5-D
-    stack of the branches; the paper's stack / softmax-weighted sum is the
+    The fast forward squeezes the branches one by one (the mean of the sum is
+    the sum of the means) and selects with ``lerp(u2, u1, w1)`` for two
+    branches (``w1 * u1 + (1 - w1) * u2`` in one pass; for more, a running
+    weighted sum), with no 5-D stack and no fused map; the paper's stack / softmax-weighted sum is the
     reference forward (:func:`~mmsk.models.layers.reference_forward`).
 
     Example:
@@ -234,10 +235,13 @@ class SKConv(Deployable, BaseModule):
         feats = self.branch_outputs(x)
         if not fast_path_enabled():
             return self.forward_reference(feats)
-        fused = feats[0]
+        # the attention squeezes the fused map by global average pooling:
+        # pool each branch and sum the pooled vectors (the same value)
+        # instead of writing the full fused map
+        pooled = feats[0].mean((2, 3), keepdim=True)
         for u in feats[1:]:
-            fused = fused + u
-        weights = self.attn(fused)
+            pooled = pooled + u.mean((2, 3), keepdim=True)
+        weights = self.attn(pooled)
         if self.num_paths == 2:
             # w1 * u1 + w2 * u2 with w2 = 1 - w1: one pass, no 5-D stack
             return torch.lerp(feats[1], feats[0], weights[:, 0])
