@@ -902,7 +902,7 @@ if __name__ == '__main__':
     _memory_worker()
 
 
-# --- where the time goes ------------------------------------------------------
+# --- where the time goes ---------------------------------------------------
 
 
 def profile_model(spec: dict, size: int, opts: Options, mode: str = 'train',

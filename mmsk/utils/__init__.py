@@ -1,15 +1,15 @@
-from .validation import (OptionTypeError, accepted_kwargs, check_bool,
-                         check_cfg, check_choice, check_dict, check_input,
-                         check_int, check_non_negative_int, check_option,
-                         check_options, check_out_indices, check_positive_int,
-                         check_positive_number, check_sequence, check_sync_bn,
-                         check_unit_interval, check_unknown_keys, instance_of,
-                         int_in, number_in, one_of, optional, out_indices_in,
-                         seq_of)
+from .validation import (BACKBONE_OPTIONS, OptionTypeError, accepted_kwargs,
+                         check_bool, check_cfg, check_choice, check_dict,
+                         check_input, check_int, check_non_negative_int,
+                         check_option, check_options, check_out_indices,
+                         check_positive_int, check_positive_number,
+                         check_sequence, check_sync_bn, check_unit_interval,
+                         check_unknown_keys, instance_of, int_in, number_in,
+                         one_of, optional, out_indices_in, seq_of)
 
 __all__ = [
-    'OptionTypeError', 'accepted_kwargs', 'check_bool', 'check_cfg',
-    'check_choice', 'check_dict', 'check_input', 'check_int',
+    'BACKBONE_OPTIONS', 'OptionTypeError', 'accepted_kwargs', 'check_bool',
+    'check_cfg', 'check_choice', 'check_dict', 'check_input', 'check_int',
     'check_non_negative_int', 'check_option', 'check_options',
     'check_out_indices', 'check_positive_int', 'check_positive_number',
     'check_sequence', 'check_sync_bn', 'check_unit_interval',

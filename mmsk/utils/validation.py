@@ -290,6 +290,20 @@ def out_indices_in(num_outputs: int, what: str = 'stages') -> Checker:
 
 
 # ------------------------------------------------------------ the tables
+#: The OpenMMLab backbone contract that every mmsk backbone takes
+#: (option -> checker), shared by the backbones' tables.
+BACKBONE_OPTIONS = dict(
+    attn_cfg=optional(check_cfg),
+    conv_cfg=optional(check_cfg),
+    norm_cfg=check_cfg,
+    act_cfg=check_cfg,
+    norm_eval=check_bool,
+    with_cp=check_bool,
+    drop_path_rate=check_unit_interval,
+    init_cfg=optional(instance_of(dict, list)),
+)
+
+
 def _owner_name(owner: Any) -> str:
     return owner if isinstance(owner, str) else type(owner).__name__
 

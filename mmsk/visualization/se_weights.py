@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mmsk.models.layers.attention import SEAttention
+from mmsk.utils import check_positive_int
 from .inputs import ImageSet, backbone_of, module_name, to_input
 from .plotting import pyplot, save_figure, write_csv, write_json
 
@@ -72,9 +73,7 @@ def collect_se_excitation(model: torch.nn.Module,
         block), ``labels``, ``classes``.
     """
     from mmengine.utils import ProgressBar
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f'batch_size must be a positive integer, got '
-                         f'{batch_size!r}')
+    check_positive_int('batch_size', batch_size)
     units = find_se_units(model)
     if not units:
         raise ValueError(f'{type(model).__name__} holds no SE module '

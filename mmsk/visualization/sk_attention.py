@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mmsk.models.layers.selective_kernel import SKConv, attention_weights
+from mmsk.utils import check_positive_int
 from .inputs import (ImageSet, backbone_of, check_scales, enlarge,
                      module_name, to_input)
 from .plotting import pyplot, save_figure, scale_label, write_csv, write_json
@@ -157,9 +158,7 @@ def collect_sk_attention(model: torch.nn.Module,
     """
     from mmengine.utils import ProgressBar
     scales = check_scales(list(scales))
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f'batch_size must be a positive integer, got '
-                         f'{batch_size!r}')
+    check_positive_int('batch_size', batch_size)
     units = find_sk_units(model)
     if not units:
         raise ValueError(f'{type(model).__name__} holds no SK unit (SKConv, '

@@ -26,10 +26,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsk.registry import MODELS, register_model
-from mmsk.utils import (accepted_kwargs, check_bool, check_cfg, check_input,
-                        check_option, check_options, check_positive_int,
-                        check_positive_number, check_sync_bn,
-                        check_unit_interval, check_unknown_keys, instance_of,
+from mmsk.utils import (BACKBONE_OPTIONS, accepted_kwargs, check_bool,
+                        check_cfg, check_input, check_option, check_options,
+                        check_positive_int, check_positive_number,
+                        check_sync_bn, check_unit_interval, check_unknown_keys,
                         int_in, one_of, optional, out_indices_in, seq_of)
 from ..layers.selective_kernel import SKConv
 from ..deploy import Deployable, fold_for_deploy
@@ -367,14 +367,7 @@ class InvertedResidualNet(Deployable, BaseBackbone):
             out_indices=out_indices_in(
                 num_rows + 1, f'outputs ({num_rows} rows + the head conv)'),
             frozen_stages=int_in(-1, num_rows + 1),
-            attn_cfg=optional(check_cfg),
-            conv_cfg=optional(check_cfg),
-            norm_cfg=check_cfg,
-            act_cfg=check_cfg,
-            norm_eval=check_bool,
-            with_cp=check_bool,
-            drop_path_rate=check_unit_interval,
-            init_cfg=optional(instance_of(dict, list)),
+            **BACKBONE_OPTIONS,
         ))
         self.out_indices = opts['out_indices']
         self.in_channels = in_channels

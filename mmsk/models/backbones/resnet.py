@@ -30,11 +30,11 @@ from mmpretrain.models.backbones.resnet import ResNet
 from torch import nn
 
 from mmsk.registry import MODELS
-from mmsk.utils import (accepted_kwargs, check_bool, check_cfg, check_dict,
-                        check_input, check_option, check_options,
-                        check_positive_int, check_sync_bn, check_unit_interval,
-                        check_unknown_keys, instance_of, int_in, one_of,
-                        optional, out_indices_in, seq_of)
+from mmsk.utils import (BACKBONE_OPTIONS, accepted_kwargs, check_bool,
+                        check_cfg, check_dict, check_input, check_option,
+                        check_options, check_positive_int, check_sync_bn,
+                        check_unit_interval, check_unknown_keys, instance_of,
+                        int_in, one_of, optional, out_indices_in, seq_of)
 from ..deploy import Deployable, fold_for_deploy
 from ..layers.config import fast_path_enabled
 from .pretrained import check_pretrained, pretrained_cfg
@@ -575,15 +575,8 @@ class ResNetStages(Deployable, ResNet):
             frozen_stages=int_in(-1, num_stages),
             groups=check_positive_int,
             width_per_group=optional(check_positive_int),
-            attn_cfg=optional(check_cfg),
-            conv_cfg=optional(check_cfg),
-            norm_cfg=check_cfg,
-            act_cfg=check_cfg,
-            norm_eval=check_bool,
-            with_cp=check_bool,
             zero_init_residual=check_bool,
-            drop_path_rate=check_unit_interval,
-            init_cfg=optional(instance_of(dict, list)),
+            **BACKBONE_OPTIONS,
         ))
         self._check_block_cfg(self.arch_settings[depth][0], block_cfg)
         out_indices = opts['out_indices']

@@ -113,8 +113,9 @@ class SKConv(Deployable, BaseModule):
     The fast forward squeezes the branches one by one (the mean of the sum is
     the sum of the means) and selects with ``lerp(u2, u1, w1)`` for two
     branches (``w1 * u1 + (1 - w1) * u2`` in one pass; for more, a running
-    weighted sum), with no 5-D stack and no fused map; the paper's stack / softmax-weighted sum is the
-    reference forward (:func:`~mmsk.models.layers.reference_forward`).
+    weighted sum), with no 5-D stack and no fused map; the paper's stack /
+    softmax-weighted sum is the reference forward
+    (:func:`~mmsk.models.layers.reference_forward`).
 
     Example:
         >>> sk = SKConv(64, 64, groups=32)
