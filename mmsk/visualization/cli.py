@@ -28,7 +28,7 @@ def _parser(doc: str) -> argparse.ArgumentParser:
         help='use the built-in MNIST5k digits (with labels) instead of '
         'IMAGES')
     parser.add_argument(
-        '--split', default='val', choices=['train', 'val'],
+        '--split', default='val', choices=['train', 'val', 'test'],
         help='split of the built-in data (default: val)')
     parser.add_argument(
         '--max-images', type=int, help='look at no more than this many '
