@@ -102,3 +102,111 @@ def test_sk_fast_path_keeps_channels_last():
     with torch.no_grad():
         out = sk(x)
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+# --- the SK select step is recomputed in the backward, not kept -------------
+
+SK_BACKBONES = sorted(n for n in BACKBONES if n.startswith('sk'))
+
+
+def _sk_units(model):
+    from mmsk.models.layers import SKConv
+    return [m for m in model.modules() if isinstance(m, SKConv)]
+
+
+def _count_recipes(monkeypatch):
+    """Count the saved slots that hold a recipe instead of a tensor."""
+    from mmsk.models.layers import recompute
+    packed = []
+    pack = recompute._CheapOutputs.pack
+
+    def counting_pack(self, tensor):
+        saved = pack(self, tensor)
+        packed.append(isinstance(saved, recompute._Recipe))
+        return saved
+
+    monkeypatch.setattr(recompute._CheapOutputs, 'pack', counting_pack)
+    return packed
+
+
+@pytest.mark.parametrize('with_cp', [False, True])
+@pytest.mark.parametrize('name', SK_BACKBONES)
+def test_sk_select_is_recomputed_with_identical_gradients(
+        name, with_cp, monkeypatch):
+    """Every SK unit's output is saved as a recipe (not as a tensor) by the
+    layer after it, and the gradients are bit for bit those of a run that
+    keeps it (an outer saved-tensor hook turns the recomputation off, as
+    with_cp's checkpointing does)."""
+    torch.manual_seed(0)
+    model = build_backbone(
+        _cfg(name, out_indices=_family(name).all_outputs, with_cp=with_cp))
+    model.init_weights()
+    randomize_bn(model)
+    keep = copy.deepcopy(model)
+    model.train(), keep.train()
+    x = torch.randn(2, 3, 32, 32)
+    packed = _count_recipes(monkeypatch)
+    got = _run(model, x)
+    recipes = sum(packed)
+    if with_cp:
+        assert recipes == 0  # checkpointing's own hooks take precedence
+    else:
+        # the conv after each unit keeps a recipe (an SE slot after it too)
+        assert recipes >= len(_sk_units(model)) > 0
+    packed.clear()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        want = _run(keep, x)
+    assert sum(packed) == 0 and not packed  # an outer hook turns it off
+    for a, b in zip(got[0], want[0]):
+        assert torch.equal(a, b)
+    assert torch.equal(got[1], want[1])
+    for key, grad in want[2].items():
+        assert torch.equal(got[2][key], grad), key
+    for (key, a), b in zip(model.state_dict().items(),
+                           keep.state_dict().values()):
+        assert torch.equal(a, b), key  # running statistics too
+
+
+def test_no_recipe_in_eval_no_grad_or_reference_mode(monkeypatch):
+    model = build_backbone(_cfg('sknet18-paper'))
+    packed = _count_recipes(monkeypatch)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    model(x)[0].sum().backward()  # eval: still recomputed when training
+    assert sum(packed) > 0
+    packed.clear()
+    with torch.no_grad():
+        model(x)
+    from mmsk.models.layers import reference_forward
+    with reference_forward():
+        model(x)[0].sum().backward()
+    assert not packed
+
+
+def test_recomputable_keeps_a_tensor_changed_in_place():
+    """A registered output modified in place before it is saved is kept as
+    it is (the recipe would give the value before the change)."""
+    from mmsk.models.layers.recompute import (recompute_cheap_outputs,
+                                              recomputable)
+    a = torch.randn(5, requires_grad=True)
+    w = torch.randn(5, requires_grad=True)
+    calls = []
+
+    def make():
+        calls.append(1)
+        return a * 2
+
+    with recompute_cheap_outputs():
+        v = recomputable(a * 2, make)
+        v.add_(1)
+        loss = (v * w).sum()  # keeps v (after the change) for w's gradient
+    loss.backward()
+    torch.testing.assert_close(w.grad, (a * 2 + 1).detach())
+    assert not calls
+    w.grad = None
+    with recompute_cheap_outputs():
+        v = recomputable(a * 2, make)
+        loss = (v * w).sum()
+    loss.backward()
+    assert calls == [1]
+    torch.testing.assert_close(w.grad, (a * 2).detach())

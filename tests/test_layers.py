@@ -181,3 +181,78 @@ def test_sknet_trains_with_batch_one_without_attention_batchnorm():
         dict(type='SKNet', depth=18, stem_channels=8, base_channels=8))
     with pytest.raises(ValueError, match='ChannelAttention.*batch of 2'):
         default.train()(torch.randn(1, 3, 64, 64))
+
+
+# --- PhaseConv2d: stride == dilation runs on the grid it reads --------------
+
+@pytest.mark.parametrize('stride,kernel,groups,size', [
+    (2, 3, 1, 16), (2, 3, 4, 15), (3, 3, 2, 17), (2, 5, 1, 10),
+    ((2, 3), 3, 1, 13)])
+@pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
+def test_phase_conv_equals_the_strided_dilated_conv(stride, kernel, groups,
+                                                    size, layout):
+    from torch import nn
+
+    from mmsk.models.layers import reference_forward
+    from mmsk.models.layers.phase_conv import PhaseConv2d, reads_one_phase
+    torch.manual_seed(0)
+    s = (stride, stride) if isinstance(stride, int) else stride
+    padding = tuple(d * (kernel - 1) // 2 for d in s)
+    conv = PhaseConv2d(8, 12, kernel, stride=s, padding=padding, dilation=s,
+                       groups=groups, bias=True)
+    plain = nn.Conv2d(8, 12, kernel, stride=s, padding=padding, dilation=s,
+                      groups=groups, bias=True)
+    plain.load_state_dict(conv.state_dict())
+    assert reads_one_phase(conv)
+    x = torch.randn(2, 8, size, size + 1)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+        conv, plain = (m.to(memory_format=torch.channels_last)
+                       for m in (conv, plain))
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got, want = conv(x1), plain(x2)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if layout == 'channels_last':
+        assert got.is_contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(want)
+    got.backward(g), want.backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, plain.weight.grad,
+                               atol=1e-4, rtol=1e-5)
+    with reference_forward():  # the conv as declared
+        torch.testing.assert_close(conv(x), plain(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(stride=2, padding=1, dilation=1),  # not dilated
+    dict(stride=1, padding=2, dilation=2),  # not strided
+    dict(stride=2, padding=1, dilation=2),  # other padding
+    dict(stride=2, padding=2, dilation=2, padding_mode='reflect'),
+])
+def test_phase_conv_other_convs_run_as_declared(kwargs):
+    from torch import nn
+
+    from mmsk.models.layers.phase_conv import PhaseConv2d, reads_one_phase
+    conv = PhaseConv2d(4, 4, 3, **kwargs)
+    assert not reads_one_phase(conv)
+    x = torch.randn(1, 4, 9, 9)
+    assert torch.equal(conv(x), nn.Conv2d.forward(conv, x))
+
+
+def test_sk_strided_dilated_branch_is_a_phase_conv_with_its_declared_field():
+    """Only the stride-2 units' dilation-2 branches run on the subsampled
+    grid; the module keeps stride 2 and dilation 2 (what the visualization
+    tools read), and a user conv_cfg is kept as it is."""
+    from torch import nn
+
+    from mmsk.models.layers import SKConv
+    from mmsk.models.layers.phase_conv import PhaseConv2d
+    strided = SKConv(16, 16, stride=2, groups=4)
+    assert [type(p.conv) for p in strided.paths] == [nn.Conv2d, PhaseConv2d]
+    assert strided.paths[1].conv.stride == (2, 2)
+    assert strided.paths[1].conv.dilation == (2, 2)
+    assert all(type(p.conv) is nn.Conv2d
+               for p in SKConv(16, 16, stride=1, groups=4).paths)
+    custom = SKConv(16, 16, stride=2, conv_cfg=dict(type='Conv2d'))
+    assert all(type(p.conv) is nn.Conv2d for p in custom.paths)

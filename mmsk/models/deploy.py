@@ -22,8 +22,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 
 def _check_foldable(module: nn.Module):
+    from .layers.phase_conv import PhaseConv2d
+    foldable = (nn.Conv2d, PhaseConv2d)
     for name, m in module.named_modules():
-        if isinstance(m, nn.Conv2d) and type(m) is not nn.Conv2d:
+        if isinstance(m, nn.Conv2d) and type(m) not in foldable:
             raise NotImplementedError(
                 f'switch_to_deploy: {name or type(module).__name__} is a '
                 f'{type(m).__name__} (conv_cfg); only plain nn.Conv2d '

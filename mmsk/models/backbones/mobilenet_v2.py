@@ -31,9 +31,10 @@ from mmsk.utils import (BACKBONE_OPTIONS, accepted_kwargs, check_bool,
                         check_positive_int, check_positive_number,
                         check_sync_bn, check_unit_interval, check_unknown_keys,
                         int_in, one_of, optional, out_indices_in, seq_of)
-from ..layers.selective_kernel import SKConv
 from ..deploy import Deployable, fold_for_deploy
 from ..layers.config import fast_path_enabled
+from ..layers.recompute import recompute_cheap_outputs
+from ..layers.selective_kernel import SKConv
 from .pretrained import check_pretrained
 
 #: MobileNetV2, paper Table 2 (the stem conv and the final 1x1 conv aside).
@@ -216,10 +217,11 @@ class InvertedResidualBlock(Deployable, BaseModule):
 
     def _inner_forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x if self.expand is None else self.expand(x)
-        out = self.depthwise(out)
-        if self.attn is not None:
-            out = self.attn(out)
-        out = self.project(out)
+        with recompute_cheap_outputs():  # an SK slot's select step
+            out = self.depthwise(out)
+            if self.attn is not None:
+                out = self.attn(out)
+            out = self.project(out)
         if self.use_residual:
             out = self.drop_path(out)
             # out is a fresh tensor no backward needs: add in place

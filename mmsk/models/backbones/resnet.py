@@ -37,6 +37,7 @@ from mmsk.utils import (BACKBONE_OPTIONS, accepted_kwargs, check_bool,
                         int_in, one_of, optional, out_indices_in, seq_of)
 from ..deploy import Deployable, fold_for_deploy
 from ..layers.config import fast_path_enabled
+from ..layers.recompute import recompute_cheap_outputs
 from .pretrained import check_pretrained, pretrained_cfg
 
 #: The options both block shapes share (option -> checker).
@@ -121,7 +122,8 @@ class _ResidualBlock(Deployable, BaseModule):
             nn.init.zeros_(norm.weight)
 
     def _inner_forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.residual(x)
+        with recompute_cheap_outputs():
+            out = self.residual(x)
         if self.attn is not None:
             out = self.attn(out)
         out = self.drop_path(out)

@@ -26,6 +26,8 @@ from mmsk.utils import (check_bool, check_cfg, check_non_negative_int,
 from ..deploy import Deployable
 from .attention import ChannelAttention
 from .config import fast_path_enabled
+from .phase_conv import PhaseConv2d
+from .recompute import recomputable
 
 #: Branch layouts and reduction rules of the known SK forms. ``groups=None``
 #: in a branch means "the unit's ``groups``" (the block's cardinality).
@@ -115,7 +117,12 @@ class SKConv(Deployable, BaseModule):
     branches (``w1 * u1 + (1 - w1) * u2`` in one pass; for more, a running
     weighted sum), with no 5-D stack and no fused map; the paper's stack /
     softmax-weighted sum is the reference forward
-    (:func:`~mmsk.models.layers.reference_forward`).
+    (:func:`~mmsk.models.layers.reference_forward`). In training, inside an
+    mmsk block, the selected map is recomputed for the backward instead of
+    kept (:mod:`~mmsk.models.layers.recompute`). A branch whose stride equals
+    its dilation (the dilation-2 branch of a stride-2 unit) is a
+    :class:`~mmsk.models.layers.phase_conv.PhaseConv2d`: in the fast path it
+    runs as a plain conv on every second row and column, the same sums.
 
     Example:
         >>> sk = SKConv(64, 64, groups=32)
@@ -202,7 +209,9 @@ class SKConv(Deployable, BaseModule):
                     padding=d * (k - 1) // 2,
                     dilation=d,
                     groups=g,
-                    conv_cfg=conv_cfg,
+                    # stride == dilation: runs on the grid it reads
+                    conv_cfg=dict(type=PhaseConv2d) if conv_cfg is None
+                    and stride == d > 1 else conv_cfg,
                     norm_cfg=norm_cfg,
                     act_cfg=act_cfg))
         if attn_norm_cfg == 'same':
@@ -243,6 +252,14 @@ class SKConv(Deployable, BaseModule):
         for u in feats[1:]:
             pooled = pooled + u.mean((2, 3), keepdim=True)
         weights = self.attn(pooled)
+        # the next conv would keep the output for its backward; the select
+        # step's inputs are kept anyway, so it is recomputed from them
+        return recomputable(
+            self.select(feats, weights), lambda: self.select(feats, weights))
+
+    def select(self, feats: list, weights: torch.Tensor) -> torch.Tensor:
+        """The fast select step: ``sum_i w_i * u_i`` from the attention's
+        weights ``(B, M, C, 1, 1)`` (or ``(B, 1, C, 1, 1)`` collapsed)."""
         if self.num_paths == 2:
             # w1 * u1 + w2 * u2 with w2 = 1 - w1: one pass, no 5-D stack
             return torch.lerp(feats[1], feats[0], weights[:, 0])
