@@ -29,6 +29,13 @@ Layouts
     times a model in both layouts (both interleaved like the models) and
     reports each model in its faster layout, per mode.
 
+Compiled
+    With ``compile=True`` every model (mmsk's and the peers') is also timed
+    under ``torch.compile`` (default backend, inductor), interleaved with
+    the eager ones; compiled mmsk rows are compared with compiled peers, and
+    a table gives each model's compiled / eager ratio. The warm-up steps
+    compile (so ``warmup >= 2``); compiled rows get no peak memory.
+
 Peak memory
     Measured in a fresh interpreter per comparison (nothing else resident),
     one model at a time, in the layout that is reported: after a warm-up
@@ -431,11 +438,21 @@ def _autocast(opts: Options):
     return contextlib.nullcontext()
 
 
-def _prepare(model: nn.Module, layout: str, opts: Options) -> nn.Module:
+def _prepare(model: nn.Module, layout: str, opts: Options,
+             compiled: bool = False) -> nn.Module:
     model = model.to(opts.device)
     if layout == 'channels_last':
         model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if opts.compile else model
+    if not compiled:
+        return model
+    # Every model of a run shares frames (Logits.forward, mmcv's and
+    # timm's blocks): above dynamo's default of 8 compiled versions a frame,
+    # it would run the rest eagerly, without a word.
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 256)
+    config.accumulated_recompile_limit = max(
+        config.accumulated_recompile_limit, 4096)
+    return torch.compile(model)
 
 
 def make_step(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor,
@@ -517,13 +534,19 @@ def build_variants(name: str, opts: Options, progress=None):
                                   f'{diff:.3g}')
             flavours.append((mmsk_key, 'mmsk', 'deploy', deployed))
     flavours += [(key, 'peer', '', peer) for key, peer in peers.items()]
+    if opts.compile:
+        # every model again under torch.compile, next to its eager self
+        flavours += [(key, role, 'compiled', model)
+                     for key, role, flavour, model in flavours
+                     if flavour == '']
     peer_layout = opts.peer_layout or opts.layout
     variants = []
     for key, role, flavour, model in flavours:
         layouts = _layouts(opts.layout if role == 'mmsk' else peer_layout)
-        for i, layout in enumerate(layouts):
-            m = model if i == len(layouts) - 1 else copy.deepcopy(model)
-            m = _prepare(m, layout, opts)
+        for layout in layouts:
+            # every variant owns its weights (layouts, compiled copies)
+            m = _prepare(copy.deepcopy(model), layout, opts,
+                         compiled=flavour == 'compiled')
             variants.append(
                 Variant(name, key, role, layout, flavour, m,
                         _optimizer(m) if flavour != 'deploy' else None))
@@ -743,6 +766,8 @@ def run_benchmark(opts: Options, command: str = '',
             rows = _rows(variants, size, opts)
             del variants
             gc.collect()
+            if opts.compile:
+                torch._dynamo.reset()  # this comparison's compiled code
             if opts.memory:
                 say(f'[{done}/{total}] {name} at {size}x{size}: peak memory '
                     f'of {len(rows)} runs in a fresh process')
@@ -783,7 +808,10 @@ def _rows(variants: List[Variant], size: int, opts: Options) -> List[dict]:
 
 
 def _add_memory(rows: List[dict], size: int, opts: Options) -> None:
+    """Peak memory of the eager rows (compiling every model again in the
+    fresh process would double the run; compiled rows get none)."""
     models = opts.all_models()
+    rows = [row for row in rows if row['flavour'] != 'compiled']
     jobs = [
         dict(spec=models[row['model']], layout=row['layout'],
              mode=row['mode'], with_cp=row['flavour'] == 'with_cp',
@@ -841,7 +869,9 @@ def markdown(record: dict) -> str:
                 peers = [r for r in rows if r['comparison'] == name and
                          r['role'] == 'peer']
                 for m in mine:
-                    for p in peers:
+                    # compiled against compiled, the rest against eager
+                    wanted = 'compiled' if m['flavour'] == 'compiled' else ''
+                    for p in (p for p in peers if p['flavour'] == wanted):
                         check = [c for c in record['parity']
                                  if c['comparison'] == name and
                                  c['peer'] == p['model']]
@@ -853,13 +883,16 @@ def markdown(record: dict) -> str:
                             f"| {name} | {m['model']}"
                             f"{' ' + m['flavour'] if m['flavour'] else ''} "
                             f"({m['layout']}) | {_fmt(m['img_per_s'])} | "
-                            f"{p['model']} ({p['layout']}) | "
+                            f"{p['model']}"
+                            f"{' ' + p['flavour'] if p['flavour'] else ''} "
+                            f"({p['layout']}) | "
                             f"{_fmt(p['img_per_s'])} | "
                             f"{m['img_per_s'] / p['img_per_s']:.2f} | "
                             f"{_fmt(mm, 0)} | {_fmt(pm, 0)} | "
                             f"{_fmt(mm / pm if mm and pm else None, 2)} | "
                             f"{same} |")
             lines.append('')
+        lines += _compile_table(results, size)
         cp = [r for r in results if r['size'] == size and
               r['flavour'] == 'with_cp']
         if cp:
@@ -880,6 +913,31 @@ def markdown(record: dict) -> str:
                     f"{_fmt(base['img_per_s'])} | {_fmt(r['img_per_s'])} |")
             lines.append('')
     return '\n'.join(lines)
+
+
+def _compile_table(results: List[dict], size: int) -> List[str]:
+    """What ``torch.compile`` gives each model: compiled / eager."""
+    compiled = [r for r in results if r['size'] == size and
+                r['flavour'] == 'compiled']
+    if not compiled:
+        return []
+    lines = [
+        f'## torch.compile against eager, {size}x{size}', '',
+        '| model | mode | eager img/s (layout) | compiled img/s (layout) '
+        '| compiled/eager |', '|---|---|---|---|---|'
+    ]
+    for c in compiled:
+        eager = [r for r in results if r['size'] == size and
+                 r['model'] == c['model'] and r['mode'] == c['mode'] and
+                 r['flavour'] == '']
+        if not eager:
+            continue
+        e = eager[0]
+        lines.append(
+            f"| {c['model']} | {c['mode']} | {_fmt(e['img_per_s'])} "
+            f"({e['layout']}) | {_fmt(c['img_per_s'])} ({c['layout']}) | "
+            f"{c['img_per_s'] / e['img_per_s']:.2f} |")
+    return lines + ['']
 
 
 def write_record(record: dict, out_dir: str, stem: Optional[str] = None):
@@ -917,7 +975,7 @@ def profile_model(spec: dict, size: int, opts: Options, mode: str = 'train',
     check_choice('layout', layout, LAYOUTS)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    model = _prepare(build_model(spec), layout, opts)
+    model = _prepare(build_model(spec), layout, opts, compiled=opts.compile)
     x, y = _inputs(opts, size, layout)
     step = make_step(model, mode, x, y, opts, _optimizer(model))
     context = reference_forward() if reference else contextlib.nullcontext()

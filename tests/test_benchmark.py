@@ -107,6 +107,54 @@ def test_run_benchmark_both_layouts_both_modes_and_with_cp(tmp_path):
     assert json.load(open(js))['results'] == json.loads(json.dumps(rows))
 
 
+def test_compiled_rows_run_compiled_beside_eager(tmp_path, monkeypatch):
+    """--compile adds every model again under torch.compile (really
+    compiled: each model's frames reach the compiler), compared compiled
+    against compiled, with a compiled / eager table."""
+    tiny = dict(stem_channels=8, base_channels=8)
+    opts = Options(
+        comparisons=['compiled'], sizes=[32], batch=2, repeats=2, threads=1,
+        memory=False, layout='channels_last', compile=True, warmup=2,
+        models={
+            'mmsk/tiny-sk': benchmark.mmsk_model(
+                dict(type='SKNet', depth=18, sk_form='timm', **tiny)),
+            'mmsk/tiny-se': benchmark.mmsk_model(
+                dict(type='SENet', depth=18, **tiny))},
+        table={'compiled': ('mmsk/tiny-sk', ('mmsk/tiny-se', ))})
+    compiled = []
+    real_compile = torch.compile
+
+    def counting_compile(model, **kwargs):
+        # dynamo's graphs, run as they are (inductor's code generation
+        # would add a minute here; the tool passes no backend)
+        assert not kwargs
+
+        def backend(gm, example_inputs):
+            compiled.append(type(model).__name__)
+            return gm.forward
+        return real_compile(model, backend=backend)
+
+    monkeypatch.setattr(torch, 'compile', counting_compile)
+    record = benchmark.run_benchmark(opts)
+    rows = record['results']
+    assert {(r['model'], r['flavour']) for r in rows} == {
+        ('mmsk/tiny-sk', ''), ('mmsk/tiny-sk', 'compiled'),
+        ('mmsk/tiny-se', ''), ('mmsk/tiny-se', 'compiled')}
+    assert all(r['img_per_s'] > 0 for r in rows)
+    # graphs of both models in both modes
+    assert len(compiled) >= 4
+    text = benchmark.markdown(record)
+    assert ('mmsk/tiny-sk compiled (channels_last) ' in text
+            and 'mmsk/tiny-se compiled (channels_last)' in text)
+    assert '## torch.compile against eager, 32x32' in text
+    assert text.count('| mmsk/tiny-sk | infer |') == 1
+    for line in text.splitlines():  # compiled never against eager
+        if line.startswith('| compiled | mmsk/tiny-sk compiled'):
+            assert 'tiny-se compiled' in line
+        elif line.startswith('| compiled | mmsk/tiny-sk ('):
+            assert 'tiny-se (' in line
+
+
 def test_peak_memory_is_measured_in_a_fresh_process():
     opts = tiny_options(layout='channels_last')
     spec = benchmark.mmsk_model(

@@ -166,6 +166,32 @@ def test_torch_compile(name):
     assert_outputs_close(run(compiled, x), run(model, x))
 
 
+@pytest.mark.parametrize('name', COMPILE)
+def test_torch_compile_trains(name):
+    """A training step under torch.compile (batch statistics, backward)
+    gives eager's loss and gradients: the fast paths' Python-side parts
+    (the recomputed SK select step) stay out of the compiled graph."""
+    torch.manual_seed(0)
+    cfg = copy.deepcopy(BACKBONES[name])
+    cfg['out_indices'] = FAMILIES[cfg['type']].all_outputs
+    model = randomize_bn(build_backbone(cfg)).train()
+    twin = copy.deepcopy(model)
+    x = torch.rand(2, 3, SIZE, SIZE)
+
+    def step(m, run):
+        loss = sum((o * o).mean() for o in run(x))
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in m.named_parameters()}
+
+    torch._dynamo.reset()
+    got = step(model, torch.compile(model, backend=COMPILE_BACKEND))
+    want = step(twin, twin)
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    for key, grad in want[1].items():
+        torch.testing.assert_close(got[1][key], grad, atol=1e-4, rtol=1e-4,
+                                   msg=key)
+
+
 def test_subsets_cover_every_family_and_exist():
     for subset in (COMPILE, DYNAMO_ONNX, DEPLOY):
         assert set(subset) <= set(BACKBONES)

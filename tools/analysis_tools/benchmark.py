@@ -44,7 +44,9 @@ def parse_args(argv=None):
     parser.add_argument('--amp', default='none', choices=AMP_CHOICES,
                         help='autocast dtype')
     parser.add_argument('--compile', action='store_true',
-                        help='torch.compile every model')
+                        help='also time every model under torch.compile '
+                        '(inductor): compiled rows against compiled peers, '
+                        'and a compiled / eager table')
     parser.add_argument('--deploy', action='store_true',
                         help='also time mmsk in deploy form (inference)')
     parser.add_argument('--with-cp', action='store_true',

@@ -39,10 +39,10 @@ def _scopes() -> List['_CheapOutputs']:
 def _can_hook() -> bool:
     """Training with gradients, eagerly, and no saved-tensor hooks of
     someone else's (checkpointing, offloading) that ours would shadow."""
-    if not (torch.is_grad_enabled() and fast_path_enabled()):
-        return False
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or \
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or \
             _is_fx_symbolic_tracing():
+        return False
+    if not (torch.is_grad_enabled() and fast_path_enabled()):
         return False
     autograd = torch._C._autograd
     if not autograd._saved_tensors_hooks_is_enabled():
@@ -115,6 +115,8 @@ def recomputable(out: torch.Tensor,
     that nothing modifies in place afterwards, so that calling it again in
     the backward costs one cheap op and no memory.
     """
+    if torch.compiler.is_compiling():
+        return out  # (no scope is open there; no thread-local lookup)
     scopes = _scopes()
     if scopes and out.requires_grad:
         scopes[-1].register(out, make)
