@@ -965,11 +965,14 @@ if __name__ == '__main__':
 
 def profile_model(spec: dict, size: int, opts: Options, mode: str = 'train',
                   layout: str = 'channels_last', reference: bool = False,
-                  steps: int = 3, row_limit: int = 12) -> str:
+                  steps: int = 3, row_limit: int = 12,
+                  by_shape: bool = False) -> str:
     """The operators that take the time in ``steps`` steps of one mmsk or
     peer model (``torch.profiler``, sorted by self CPU time), as a text
     table. ``reference=True`` runs mmsk's plain reference forwards (the
-    paper's stack / weighted sum), i.e. mmsk before its fast paths."""
+    paper's stack / weighted sum), i.e. mmsk before its fast paths;
+    ``by_shape=True`` gives one row per operator and input shapes (which
+    conv, which BatchNorm)."""
     from mmsk.models.layers import reference_forward
     check_choice('mode', mode, MODES)
     check_choice('layout', layout, LAYOUTS)
@@ -982,8 +985,10 @@ def profile_model(spec: dict, size: int, opts: Options, mode: str = 'train',
     with context:
         step()  # warm-up
         with torch.profiler.profile(
-                activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                activities=[torch.profiler.ProfilerActivity.CPU],
+                record_shapes=by_shape) as prof:
             for _ in range(steps):
                 step()
-    return prof.key_averages().table(
-        sort_by='self_cpu_time_total', row_limit=row_limit)
+    return prof.key_averages(group_by_input_shape=by_shape).table(
+        sort_by='self_cpu_time_total', row_limit=row_limit,
+        max_shapes_column_width=100)

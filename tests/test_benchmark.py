@@ -226,3 +226,28 @@ def test_tool_reports_a_bad_option(capsys):
     assert run_tool('--models', 'nope', '--no-memory') == 1
     assert "error: models: unknown comparison 'nope'" in \
         capsys.readouterr().err
+
+
+def test_tool_profile_by_shape_names_the_convs(capsys):
+    """--profile prints the operators of a few steps; --by-shape splits
+    them by input shapes (which conv); --reference turns the fast paths
+    off (the strided dilated branch then runs as declared)."""
+    args = ('--profile', 'sknet18', '--size', '64', '--batch', '2',
+            '--threads', '1', '--layout', 'channels_last', '--modes',
+            'train', '--by-shape', '--rows', '200')
+    assert run_tool(*args) == 0
+    fast = capsys.readouterr().out
+    assert 'aten::convolution_backward' in fast
+    assert '[2, 128, 8, 8]' in fast  # a stage-2 input, by shape
+    assert 'aten::lerp' in fast
+    assert run_tool(*args, '--reference') == 0
+    reference = capsys.readouterr().out
+    assert 'aten::lerp' not in reference and 'aten::stack' in reference
+
+
+def test_tool_profile_options_are_checked(capsys):
+    assert run_tool('--reference', '--no-memory') == 1
+    assert '--reference and --by-shape go with --profile' in \
+        capsys.readouterr().err
+    assert run_tool('--profile', 'sknet18', '--rows', '0') == 1
+    assert 'rows must be a positive int' in capsys.readouterr().err

@@ -19,6 +19,7 @@ import sys
 from mmsk.benchmark import (AMP_CHOICES, COMPARISONS, DEVICES,
                             LAYOUT_CHOICES, MODES, Options, ParityError,
                             profile_model, run_benchmark, write_record)
+from mmsk.utils import check_positive_int
 
 
 def parse_args(argv=None):
@@ -70,6 +71,11 @@ def parse_args(argv=None):
         'with --reference, mmsk\'s plain reference forwards')
     parser.add_argument('--reference', action='store_true',
                         help='with --profile: the reference forwards')
+    parser.add_argument('--by-shape', action='store_true',
+                        help='with --profile: a row per operator and input '
+                        'shapes')
+    parser.add_argument('--rows', type=int, default=12,
+                        help='with --profile: how many rows (default 12)')
     return parser.parse_args(argv)
 
 
@@ -98,6 +104,9 @@ def main(argv=None):
     command = ' '.join(shlex.quote(a) for a in ['python', tool] + list(argv))
     try:
         opts.validate()
+        if (args.reference or args.by_shape) and not args.profile:
+            raise ValueError('--reference and --by-shape go with --profile')
+        check_positive_int('rows', args.rows)
         if args.profile:
             models = opts.all_models()
             key = args.profile if args.profile in models else \
@@ -108,7 +117,8 @@ def main(argv=None):
             print(profile_model(
                 models[key], opts.sizes[0], opts, mode=opts.modes[0],
                 layout=opts.layout if opts.layout != 'best' else
-                'channels_last', reference=args.reference))
+                'channels_last', reference=args.reference,
+                row_limit=args.rows, by_shape=args.by_shape))
             return 0
         record = run_benchmark(
             opts, command, progress=lambda msg: print(msg, flush=True))
