@@ -104,14 +104,15 @@ def test_sk_fast_path_keeps_channels_last():
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-# --- the SK select step is recomputed in the backward, not kept -------------
+# --- SK / Res2Net outputs are recomputed in the backward, not kept ----------
 
-SK_BACKBONES = sorted(n for n in BACKBONES if n.startswith('sk'))
+RECOMPUTED = sorted(n for n in BACKBONES
+                    if n.startswith('sk') or 'res2' in n)
 
 
-def _sk_units(model):
-    from mmsk.models.layers import SKConv
-    return [m for m in model.modules() if isinstance(m, SKConv)]
+def _recomputing_units(model):
+    from mmsk.models.layers import Res2Conv, SKConv
+    return [m for m in model.modules() if isinstance(m, (SKConv, Res2Conv))]
 
 
 def _count_recipes(monkeypatch):
@@ -130,13 +131,13 @@ def _count_recipes(monkeypatch):
 
 
 @pytest.mark.parametrize('with_cp', [False, True])
-@pytest.mark.parametrize('name', SK_BACKBONES)
-def test_sk_select_is_recomputed_with_identical_gradients(
+@pytest.mark.parametrize('name', RECOMPUTED)
+def test_unit_outputs_are_recomputed_with_identical_gradients(
         name, with_cp, monkeypatch):
-    """Every SK unit's output is saved as a recipe (not as a tensor) by the
-    layer after it, and the gradients are bit for bit those of a run that
-    keeps it (an outer saved-tensor hook turns the recomputation off, as
-    with_cp's checkpointing does)."""
+    """Every SK unit's and Res2Net split conv's output is saved as a recipe
+    (not as a tensor) by the layer after it, and the gradients are bit for
+    bit those of a run that keeps it (an outer saved-tensor hook turns the
+    recomputation off, as with_cp's checkpointing does)."""
     torch.manual_seed(0)
     model = build_backbone(
         _cfg(name, out_indices=_family(name).all_outputs, with_cp=with_cp))
@@ -152,7 +153,7 @@ def test_sk_select_is_recomputed_with_identical_gradients(
         assert recipes == 0  # checkpointing's own hooks take precedence
     else:
         # the conv after each unit keeps a recipe (an SE slot after it too)
-        assert recipes >= len(_sk_units(model)) > 0
+        assert recipes >= len(_recomputing_units(model)) > 0
     packed.clear()
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         want = _run(keep, x)

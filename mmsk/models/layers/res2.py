@@ -10,6 +10,7 @@ from mmsk.registry import register_model
 from mmsk.utils import (check_bool, check_cfg, check_options,
                         check_positive_int, int_in, optional)
 from ..deploy import Deployable
+from .recompute import recomputable
 
 
 @register_model
@@ -26,6 +27,10 @@ class Res2Conv(Deployable, BaseModule):
         dilation (int): Dilation of the 3x3 convs.
         groups (int): Groups of each 3x3 (Res2NeXt). Defaults to 1.
         stage_first (bool): First block of a stage. Defaults to False.
+
+    In training, inside an mmsk block, the concatenated output is recomputed
+    for the next conv's backward instead of kept
+    (:mod:`~mmsk.models.layers.recompute`).
 
     Example:
         >>> m = Res2Conv(104, scales=4)
@@ -90,4 +95,7 @@ class Res2Conv(Deployable, BaseModule):
             sp = conv(sp)
             outs.append(sp)
         outs.append(self.pool(splits[-1]))
-        return torch.cat(outs, dim=1)
+        # the next conv would keep the concatenation for its backward; the
+        # splits are kept anyway (by their ReLUs), so it is recomputed
+        return recomputable(
+            torch.cat(outs, dim=1), lambda: torch.cat(outs, dim=1))
