@@ -157,7 +157,7 @@ def test_unit_outputs_are_recomputed_with_identical_gradients(
     packed.clear()
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         want = _run(keep, x)
-    assert sum(packed) == 0 and not packed  # an outer hook turns it off
+    assert not packed  # an outer hook turns it off
     for a, b in zip(got[0], want[0]):
         assert torch.equal(a, b)
     assert torch.equal(got[1], want[1])

@@ -85,16 +85,16 @@ class _CheapOutputs:
 
 
 @contextmanager
-def recompute_cheap_outputs(enabled: bool = True):
+def recompute_cheap_outputs():
     """Inside the ``with`` block, outputs registered with
     :func:`recomputable` are recomputed in the backward, not kept.
 
     A no-op without gradients, under tracers and compilers, with the
-    reference forwards (:func:`~mmsk.models.layers.reference_forward`),
+    reference forwards (:func:`~mmsk.models.layers.reference_forward`) and
     inside another user of saved-tensor hooks (``with_cp``'s checkpointing,
-    ``torch.autograd.graph.save_on_cpu``), and with ``enabled=False``.
+    ``torch.autograd.graph.save_on_cpu``).
     """
-    if not (enabled and _can_hook()):
+    if not _can_hook():
         yield
         return
     scope = _CheapOutputs()
