@@ -963,16 +963,117 @@ if __name__ == '__main__':
 # --- where the time goes ---------------------------------------------------
 
 
+def _conv_kind(weight_shape, groups: int, stride, dilation,
+               out_size) -> str:
+    cout, cin_per_group, kh, kw = weight_shape
+    if groups == 1:
+        kind = 'dense'
+    elif cin_per_group == 1 and cout == groups:
+        kind = 'depthwise'
+    else:
+        kind = f'grouped, {cin_per_group} ch/group'
+    name = f'{kh}x{kw} {kind}'
+    if any(s != 1 for s in stride):
+        name += ', stride ' + 'x'.join(map(str, sorted(set(stride))))
+    if any(d != 1 for d in dilation):
+        name += ', dilation ' + 'x'.join(map(str, sorted(set(dilation))))
+    if tuple(out_size) == (1, 1):
+        name += ', on 1x1 maps'  # attention (SE, SK): per-call overhead
+    return name
+
+
+def conv_events(events) -> List[dict]:
+    """One dict per convolution call among profiler ``events`` (recorded
+    with ``record_shapes=True``): ``kind`` (kernel, dense / grouped /
+    depthwise, stride, dilation), ``pass`` (``'forward'`` or
+    ``'backward'``), ``ms`` (CPU time, children included) and ``flops``
+    (multiply-adds x 2; a backward counts the gradients it computes)."""
+    calls = []
+    for e in events:
+        if e.name not in ('aten::convolution', 'aten::convolution_backward'):
+            continue
+        args = list(getattr(e, 'concrete_inputs', None) or [])
+        shapes = e.input_shapes
+        if e.name == 'aten::convolution':
+            # input, weight, bias, stride, padding, dilation, transposed,
+            # output_padding, groups
+            if len(args) < 9 or args[6]:
+                continue
+            x, w = shapes[0], shapes[1]
+            stride, padding, dilation, groups = (args[3], args[4], args[5],
+                                                 args[8])
+            out = [(x[2 + i] + 2 * padding[i] - dilation[i] *
+                    (w[2 + i] - 1) - 1) // stride[i] + 1 for i in range(2)]
+            grads, direction = 1, 'forward'
+        else:
+            # grad_output, input, weight, bias_sizes, stride, padding,
+            # dilation, transposed, output_padding, groups, output_mask
+            if len(args) < 11 or args[7]:
+                continue
+            x, w = shapes[1], shapes[2]
+            out = shapes[0][2:]
+            stride, dilation, groups = args[4], args[6], args[9]
+            grads, direction = sum(bool(m) for m in args[10][:2]), \
+                'backward'
+        if len(x) != 4 or len(w) != 4:
+            continue
+        macs = x[0] * w[0] * out[0] * out[1] * w[1] * w[2] * w[3]
+        calls.append(dict(kind=_conv_kind(w, groups, stride, dilation, out),
+                          direction=direction, ms=e.cpu_time_total / 1e3,
+                          flops=2 * macs * grads))
+    return calls
+
+
+def conv_table(calls: List[dict], steps: int = 1) -> str:
+    """Markdown table of :func:`conv_events` by kind of convolution: calls
+    (forward calls, or backward ones where there is no forward), time and
+    GFLOP per step, the throughput each kind reaches, and its
+    share of the convolutions' time against its share of their FLOPs (a
+    kind that takes more of the time than of the FLOPs runs slower than the
+    others on this machine)."""
+    if not calls:
+        return 'no convolutions recorded'
+    kinds: Dict[str, dict] = {}
+    for c in calls:
+        k = kinds.setdefault(c['kind'], dict(calls=0, bwd_calls=0, fwd=0.,
+                                             bwd=0., flops=0))
+        k['calls' if c['direction'] == 'forward' else 'bwd_calls'] += 1
+        k['fwd' if c['direction'] == 'forward' else 'bwd'] += c['ms']
+        k['flops'] += c['flops']
+    total_ms = sum(k['fwd'] + k['bwd'] for k in kinds.values())
+    total_flops = sum(k['flops'] for k in kinds.values())
+    lines = ['| convolution | calls | forward ms | backward ms | GFLOP | '
+             'GFLOP/s | share of conv time | share of conv FLOPs |',
+             '|---|---|---|---|---|---|---|---|']
+    for k in kinds.values():
+        k['calls'] = k['calls'] or k['bwd_calls']
+    order = sorted(kinds.items(), key=lambda kv: -(kv[1]['fwd']
+                                                    + kv[1]['bwd']))
+    for name, k in order + [('all', dict(
+            calls=sum(k['calls'] for k in kinds.values()),
+            fwd=sum(k['fwd'] for k in kinds.values()),
+            bwd=sum(k['bwd'] for k in kinds.values()), flops=total_flops))]:
+        ms = k['fwd'] + k['bwd']
+        lines.append(
+            f"| {name} | {k['calls'] / steps:g} | {k['fwd'] / steps:.1f} | "
+            f"{k['bwd'] / steps:.1f} | {k['flops'] / steps / 1e9:.2f} | "
+            f"{k['flops'] / max(ms, 1e-9) / 1e6:.0f} | "
+            f"{ms / max(total_ms, 1e-9):.0%} | "
+            f"{k['flops'] / max(total_flops, 1):.0%} |")
+    return '\n'.join(lines) + f'\n\n(per step, mean of {steps} steps)'
+
+
 def profile_model(spec: dict, size: int, opts: Options, mode: str = 'train',
                   layout: str = 'channels_last', reference: bool = False,
                   steps: int = 3, row_limit: int = 12,
-                  by_shape: bool = False) -> str:
+                  by_shape: bool = False, by_conv: bool = False) -> str:
     """The operators that take the time in ``steps`` steps of one mmsk or
     peer model (``torch.profiler``, sorted by self CPU time), as a text
     table. ``reference=True`` runs mmsk's plain reference forwards (the
     paper's stack / weighted sum), i.e. mmsk before its fast paths;
     ``by_shape=True`` gives one row per operator and input shapes (which
-    conv, which BatchNorm)."""
+    conv, which BatchNorm); ``by_conv=True`` adds :func:`conv_table`, the
+    convolutions by kind with the GFLOP/s each kind reaches."""
     from mmsk.models.layers import reference_forward
     check_choice('mode', mode, MODES)
     check_choice('layout', layout, LAYOUTS)
@@ -986,9 +1087,13 @@ def profile_model(spec: dict, size: int, opts: Options, mode: str = 'train',
         step()  # warm-up
         with torch.profiler.profile(
                 activities=[torch.profiler.ProfilerActivity.CPU],
-                record_shapes=by_shape) as prof:
+                record_shapes=by_shape or by_conv) as prof:
             for _ in range(steps):
                 step()
-    return prof.key_averages(group_by_input_shape=by_shape).table(
+    table = prof.key_averages(group_by_input_shape=by_shape).table(
         sort_by='self_cpu_time_total', row_limit=row_limit,
         max_shapes_column_width=100)
+    if by_conv:
+        table += ('\n\nConvolutions by kind:\n\n'
+                  + conv_table(conv_events(prof.events()), steps))
+    return table

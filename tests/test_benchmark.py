@@ -245,9 +245,56 @@ def test_tool_profile_by_shape_names_the_convs(capsys):
     assert 'aten::lerp' not in reference and 'aten::stack' in reference
 
 
+def test_conv_events_count_the_flops_of_each_kind():
+    """Kinds and FLOPs of known convs, forward and backward: the stem's
+    backward computes only the weight gradient (its input needs none), a
+    stride-2 dilated grouped conv is told apart, attention convs on 1x1
+    maps are a kind of their own."""
+    from torch import nn
+    torch.manual_seed(0)
+    stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+    grouped = nn.Conv2d(8, 8, 3, stride=2, padding=2, dilation=2, groups=4)
+    fc = nn.Conv2d(8, 4, 1)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        y = grouped(stem(x))  # 8x8, then 4x4
+        z = fc(y.mean((2, 3), keepdim=True))
+        (y.sum() + z.sum()).backward()
+    calls = benchmark.conv_events(prof.events())
+    got = {(c['kind'], c['direction']): c['flops'] for c in calls}
+    stem_macs = 2 * 8 * 8 * 8 * 3 * 3 * 3
+    grouped_macs = 2 * 8 * 4 * 4 * 2 * 3 * 3
+    fc_macs = 2 * 4 * 8
+    assert got == {
+        ('3x3 dense, stride 2', 'forward'): 2 * stem_macs,
+        ('3x3 dense, stride 2', 'backward'): 2 * stem_macs,  # weight only
+        ('3x3 grouped, 2 ch/group, stride 2, dilation 2', 'forward'):
+            2 * grouped_macs,
+        ('3x3 grouped, 2 ch/group, stride 2, dilation 2', 'backward'):
+            4 * grouped_macs,
+        ('1x1 dense, on 1x1 maps', 'forward'): 2 * fc_macs,
+        ('1x1 dense, on 1x1 maps', 'backward'): 4 * fc_macs}
+    table = benchmark.conv_table(calls, steps=1)
+    total = 4 * stem_macs + 6 * grouped_macs + 6 * fc_macs
+    assert '| all | 3 |' in table
+    assert f'| {total / 1e9:.2f} |' in table.splitlines()[-3]
+    assert benchmark.conv_table([]) == 'no convolutions recorded'
+
+
+def test_tool_profile_by_conv_adds_the_kinds(capsys):
+    assert run_tool('--profile', 'sknet18', '--size', '64', '--batch', '2',
+                    '--threads', '1', '--modes', 'infer', '--by-conv') == 0
+    out = capsys.readouterr().out
+    assert 'Convolutions by kind' in out
+    assert '| 3x3 dense, dilation 2 |' in out  # the SK branch of timm's form
+    assert '| 1x1 dense, on 1x1 maps |' in out  # its attention
+
+
 def test_tool_profile_options_are_checked(capsys):
     assert run_tool('--reference', '--no-memory') == 1
-    assert '--reference and --by-shape go with --profile' in \
+    assert '--reference, --by-shape and --by-conv go with --profile' in \
         capsys.readouterr().err
+    assert run_tool('--by-conv') == 1
+    assert '--by-conv go with --profile' in capsys.readouterr().err
     assert run_tool('--profile', 'sknet18', '--rows', '0') == 1
     assert 'rows must be a positive int' in capsys.readouterr().err

@@ -74,6 +74,10 @@ def parse_args(argv=None):
     parser.add_argument('--by-shape', action='store_true',
                         help='with --profile: a row per operator and input '
                         'shapes')
+    parser.add_argument('--by-conv', action='store_true',
+                        help='with --profile: also the convolutions by kind '
+                        '(kernel, groups, stride, dilation): time, GFLOP '
+                        'and the GFLOP/s each kind reaches')
     parser.add_argument('--rows', type=int, default=12,
                         help='with --profile: how many rows (default 12)')
     return parser.parse_args(argv)
@@ -104,8 +108,10 @@ def main(argv=None):
     command = ' '.join(shlex.quote(a) for a in ['python', tool] + list(argv))
     try:
         opts.validate()
-        if (args.reference or args.by_shape) and not args.profile:
-            raise ValueError('--reference and --by-shape go with --profile')
+        if (args.reference or args.by_shape or args.by_conv) and \
+                not args.profile:
+            raise ValueError('--reference, --by-shape and --by-conv go '
+                             'with --profile')
         check_positive_int('rows', args.rows)
         if args.profile:
             models = opts.all_models()
@@ -118,7 +124,8 @@ def main(argv=None):
                 models[key], opts.sizes[0], opts, mode=opts.modes[0],
                 layout=opts.layout if opts.layout != 'best' else
                 'channels_last', reference=args.reference,
-                row_limit=args.rows, by_shape=args.by_shape))
+                row_limit=args.rows, by_shape=args.by_shape,
+                by_conv=args.by_conv))
             return 0
         record = run_benchmark(
             opts, command, progress=lambda msg: print(msg, flush=True))
