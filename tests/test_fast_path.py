@@ -211,3 +211,31 @@ def test_recomputable_keeps_a_tensor_changed_in_place():
     loss.backward()
     assert calls == [1]
     torch.testing.assert_close(w.grad, (a * 2).detach())
+
+
+@pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
+def test_spatial_mean_backward_is_a_broadcast_view_of_the_same_values(
+        layout):
+    """SE's squeeze and SK's pooling: the same forward and gradient values
+    as ``x.mean((2, 3))``, but the gradient reaches the next op as a
+    broadcast view, not a full-size map; plain ``mean`` in the reference
+    forward and without gradients."""
+    from mmsk.models.layers import reference_forward
+    from mmsk.models.layers.attention import spatial_mean
+    x = torch.randn(2, 8, 5, 7)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    g = torch.randn(2, 8, 1, 1)
+    got = spatial_mean(x)
+    want = x.mean((2, 3), keepdim=True)
+    assert torch.equal(got, want)
+    got_grad, = torch.autograd.grad(got, x, g)
+    want_grad, = torch.autograd.grad(want, x, g)
+    assert torch.equal(got_grad, want_grad)
+    assert got_grad.stride()[2:] == (0, 0)
+    assert 'SpatialMean' in type(got.grad_fn).__name__
+    with reference_forward():
+        assert 'MeanBackward' in type(spatial_mean(x).grad_fn).__name__
+    with torch.no_grad():
+        assert torch.equal(spatial_mean(x), want)

@@ -20,7 +20,41 @@ from mmsk.registry import register_model
 from mmsk.utils import (check_bool, check_cfg, check_non_negative_int,
                         check_options, check_positive_int,
                         check_positive_number, optional)
+from mmsk.utils.validation import _is_fx_symbolic_tracing
 from ..deploy import Deployable
+from .config import fast_path_enabled
+
+
+class _SpatialMean(torch.autograd.Function):
+    """``x.mean((2, 3), keepdim=True)`` whose gradient is the broadcast
+    view ``(grad / (H * W)).expand(x.shape)``: the values of torch's
+    ``MeanBackward`` (``grad.expand(...) / (H * W)``, the same division of
+    the same numbers), without writing them out as a full-size map (in
+    NCHW, whatever the layout of ``x``) before they are added to the other
+    gradient of ``x``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.mean((2, 3), keepdim=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad / (ctx.shape[2] * ctx.shape[3])).expand(ctx.shape)
+
+
+def spatial_mean(x: torch.Tensor) -> torch.Tensor:
+    """Global average pooling ``x.mean((2, 3), keepdim=True)`` of a
+    ``(B, C, H, W)`` map; in mmsk's fast path with gradients its backward
+    hands on a broadcast view instead of a full-size map (same values).
+    Under tracers and compilers, and in the reference forward, the plain
+    ``mean``."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or \
+            _is_fx_symbolic_tracing() or not (
+                torch.is_grad_enabled() and x.requires_grad
+                and fast_path_enabled()):
+        return x.mean((2, 3), keepdim=True)
+    return _SpatialMean.apply(x)
 
 
 def reduced_channels(channels: int,
@@ -137,7 +171,7 @@ class ChannelAttention(Deployable, BaseModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: the (fused) feature map ``(B, C, H, W)``."""
-        w = x.mean((2, 3), keepdim=True)
+        w = spatial_mean(x)
         w = self.reduce(w)
         if isinstance(self.norm, _BatchNorm) and self.norm.training:
             _check_batch_for_bn(self, w)

@@ -24,7 +24,7 @@ from mmsk.utils import (check_bool, check_cfg, check_non_negative_int,
                         check_options, check_positive_int,
                         check_positive_number, instance_of, one_of, optional)
 from ..deploy import Deployable
-from .attention import ChannelAttention
+from .attention import ChannelAttention, spatial_mean
 from .config import fast_path_enabled
 from .phase_conv import PhaseConv2d
 from .recompute import recomputable
@@ -248,9 +248,9 @@ class SKConv(Deployable, BaseModule):
         # the attention squeezes the fused map by global average pooling:
         # pool each branch and sum the pooled vectors (the same value)
         # instead of writing the full fused map
-        pooled = feats[0].mean((2, 3), keepdim=True)
+        pooled = spatial_mean(feats[0])
         for u in feats[1:]:
-            pooled = pooled + u.mean((2, 3), keepdim=True)
+            pooled = pooled + spatial_mean(u)
         weights = self.attn(pooled)
         # the next conv would keep the output for its backward; the select
         # step's inputs are kept anyway, so it is recomputed from them
