@@ -709,7 +709,7 @@ class ResNetStages(Deployable, ResNet):
             self.norm1_name, norm1 = build_norm_layer(
                 self.norm_cfg, stem_channels, postfix=1)
             self.add_module(self.norm1_name, norm1)
-            self.relu = build_activation_layer(self.act_cfg)
+            self.relu = build_activation_layer(inplace_act_cfg(self.act_cfg))
         if self.cifar_stem or self.stem_pool == 'none':
             self.maxpool = nn.Identity()
         elif self.aa_downsample:
