@@ -389,3 +389,36 @@ def test_dilated_output_stride_8(name):
     with torch.no_grad():
         outs = model(torch.rand(1, 3, 64, 64))
     assert [o.shape[-1] for o in outs] == family.dilated_sizes
+
+
+@pytest.mark.parametrize('attn', [None, dict(type='SEAttention')])
+def test_block_drops_the_last_convs_input_before_its_norm(attn):
+    """In inference the last conv's input (the widest map but one) is freed
+    once the conv has read it, as in timm and mmpretrain; a ConvModule with
+    hooks on it is still called as a whole (the hooks fire), with the same
+    result."""
+    import weakref
+
+    from mmsk.models.backbones.resnet import Bottleneck, conv_module_steps
+    block = Bottleneck(16, 16, attn_cfg=attn).eval()
+    assert conv_module_steps(block.conv3) == [block.conv3.conv,
+                                              block.conv3.norm]
+    seen = {}
+    block.conv2.register_forward_hook(
+        lambda m, i, o: seen.update(mid=weakref.ref(o)))
+    block.conv3.norm.register_forward_pre_hook(
+        lambda m, i: seen.update(alive=seen['mid']() is not None))
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        stepwise = block(x)
+    assert seen['alive'] is False
+    calls = []
+    handle = block.conv3.register_forward_hook(
+        lambda m, i, o: calls.append(o.shape))
+    assert conv_module_steps(block.conv3) == [block.conv3]
+    with torch.no_grad():
+        whole = block(x)
+    handle.remove()
+    assert calls == [torch.Size([2, 16, 8, 8])]
+    assert seen['alive'] is True  # ConvModule.forward's caller held it
+    torch.testing.assert_close(whole, stepwise, rtol=0, atol=0)

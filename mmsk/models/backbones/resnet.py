@@ -79,6 +79,34 @@ def inplace_act_cfg(act_cfg: dict) -> dict:
     return act_cfg
 
 
+def conv_module_steps(module: nn.Module) -> list:
+    """The layers that ``module`` runs, in order, when it is a plain mmcv
+    ``ConvModule`` (conv, norm, act; no explicit padding, no efficient
+    conv-bn eval, no hooks on it), else ``[module]``.
+
+    A block that runs them one by one from its own frame drops the conv's
+    input as soon as the conv has read it. Called as ``module(x)``, the
+    caller's reference keeps the input alive through the norm and the
+    activation, which is one more map at the peak of inference (timm and
+    mmpretrain call conv, norm and act from the block).
+    """
+    if type(module) is not ConvModule or \
+            tuple(module.order) != ('conv', 'norm', 'act') or \
+            module.with_explicit_padding or getattr(
+                module, 'efficient_conv_bn_eval_forward', None) is not None \
+            or module._forward_hooks or module._forward_pre_hooks \
+            or module._backward_hooks or module._backward_pre_hooks \
+            or nn.modules.module._global_forward_hooks \
+            or nn.modules.module._global_forward_pre_hooks:
+        return [module]
+    steps = [module.conv]
+    if module.with_norm:
+        steps.append(module.norm)
+    if module.with_activation:
+        steps.append(module.activate)
+    return steps
+
+
 class _ResidualBlock(Deployable, BaseModule):
     """What both block shapes share: slot, drop path, shortcut, checkpoint."""
 
@@ -253,7 +281,10 @@ class BasicBlock(_ResidualBlock):
         return self.conv2
 
     def residual(self, x):
-        return self.conv2(self.aa(self.conv1(x)))
+        out = self.aa(self.conv1(x))
+        for layer in conv_module_steps(self.conv2):
+            out = layer(out)  # each step drops its input (see the helper)
+        return out
 
 
 class Bottleneck(_ResidualBlock):
@@ -385,10 +416,15 @@ class Bottleneck(_ResidualBlock):
         return self.conv3
 
     def residual(self, x):
-        out = self.conv2(self.conv1(x))
+        out = self.conv1(x)
+        for layer in conv_module_steps(self.conv2):
+            out = layer(out)  # each step drops its input (see the helper)
         if self.mid_attn is not None:
             out = self.mid_attn(out)
-        return self.conv3(self.aa(out))
+        out = self.aa(out)
+        for layer in conv_module_steps(self.conv3):
+            out = layer(out)
+        return out
 
 
 class ResLayer(Sequential):
