@@ -1025,28 +1025,26 @@ def conv_events(events) -> List[dict]:
 
 
 def conv_table(calls: List[dict], steps: int = 1) -> str:
-    """Markdown table of :func:`conv_events` by kind of convolution: calls
-    (forward calls, or backward ones where there is no forward), time and
-    GFLOP per step, the throughput each kind reaches, and its
-    share of the convolutions' time against its share of their FLOPs (a
+    """Markdown table of :func:`conv_events` by kind of convolution: forward
+    calls, time and GFLOP per step, the throughput each kind reaches, and
+    its share of the convolutions' time against its share of their FLOPs (a
     kind that takes more of the time than of the FLOPs runs slower than the
     others on this machine)."""
     if not calls:
         return 'no convolutions recorded'
     kinds: Dict[str, dict] = {}
     for c in calls:
-        k = kinds.setdefault(c['kind'], dict(calls=0, bwd_calls=0, fwd=0.,
-                                             bwd=0., flops=0))
-        k['calls' if c['direction'] == 'forward' else 'bwd_calls'] += 1
-        k['fwd' if c['direction'] == 'forward' else 'bwd'] += c['ms']
+        k = kinds.setdefault(c['kind'], dict(calls=0, fwd=0., bwd=0.,
+                                             flops=0))
+        forward = c['direction'] == 'forward'
+        k['calls'] += forward
+        k['fwd' if forward else 'bwd'] += c['ms']
         k['flops'] += c['flops']
     total_ms = sum(k['fwd'] + k['bwd'] for k in kinds.values())
     total_flops = sum(k['flops'] for k in kinds.values())
     lines = ['| convolution | calls | forward ms | backward ms | GFLOP | '
              'GFLOP/s | share of conv time | share of conv FLOPs |',
              '|---|---|---|---|---|---|---|---|']
-    for k in kinds.values():
-        k['calls'] = k['calls'] or k['bwd_calls']
     order = sorted(kinds.items(), key=lambda kv: -(kv[1]['fwd']
                                                     + kv[1]['bwd']))
     for name, k in order + [('all', dict(

@@ -20,9 +20,8 @@ from mmsk.registry import register_model
 from mmsk.utils import (check_bool, check_cfg, check_non_negative_int,
                         check_options, check_positive_int,
                         check_positive_number, optional)
-from mmsk.utils.validation import _is_fx_symbolic_tracing
 from ..deploy import Deployable
-from .config import fast_path_enabled
+from .config import fast_eager_backward
 
 
 class _SpatialMean(torch.autograd.Function):
@@ -49,10 +48,8 @@ def spatial_mean(x: torch.Tensor) -> torch.Tensor:
     hands on a broadcast view instead of a full-size map (same values).
     Under tracers and compilers, and in the reference forward, the plain
     ``mean``."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or \
-            _is_fx_symbolic_tracing() or not (
-                torch.is_grad_enabled() and x.requires_grad
-                and fast_path_enabled()):
+    # the tracers first: under fx, x.requires_grad is a proxy
+    if not (fast_eager_backward() and x.requires_grad):
         return x.mean((2, 3), keepdim=True)
     return _SpatialMean.apply(x)
 

@@ -16,12 +16,26 @@ per-module flags.
 """
 from contextlib import contextmanager
 
+import torch
+
+from mmsk.utils.validation import _is_fx_symbolic_tracing
+
 _FAST_PATH = True
 
 
 def fast_path_enabled() -> bool:
     """Whether mmsk blocks use their fast forward (the default)."""
     return _FAST_PATH
+
+
+def fast_eager_backward() -> bool:
+    """Whether the fast path may shape the backward itself (custom autograd
+    functions, saved-tensor hooks): the fast path is on, gradients are
+    recorded, and the forward runs eagerly (not under ``torch.compile``,
+    which plans its own backward, nor under jit or fx tracing)."""
+    return fast_path_enabled() and torch.is_grad_enabled() and not (
+        torch.compiler.is_compiling() or torch.jit.is_tracing()
+        or _is_fx_symbolic_tracing())
 
 
 def set_fast_path(enabled: bool) -> None:

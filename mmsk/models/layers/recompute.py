@@ -24,8 +24,7 @@ from typing import Callable, List
 
 import torch
 
-from mmsk.utils.validation import _is_fx_symbolic_tracing
-from .config import fast_path_enabled
+from .config import fast_eager_backward
 
 _LOCAL = threading.local()
 
@@ -39,10 +38,7 @@ def _scopes() -> List['_CheapOutputs']:
 def _can_hook() -> bool:
     """Training with gradients, eagerly, and no saved-tensor hooks of
     someone else's (checkpointing, offloading) that ours would shadow."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or \
-            _is_fx_symbolic_tracing():
-        return False
-    if not (torch.is_grad_enabled() and fast_path_enabled()):
+    if not fast_eager_backward():
         return False
     autograd = torch._C._autograd
     top_hooks = getattr(autograd, '_top_saved_tensors_default_hooks', None)
