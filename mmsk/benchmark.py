@@ -743,25 +743,91 @@ def _median_rate(times: List[float], opts: Options) -> float:
     return opts.batch * opts.iters / statistics.median(times)
 
 
+def _new_record(opts: Options, command: str) -> dict:
+    names = list(opts.comparisons)
+    return dict(
+        command=command,
+        machine=machine_info(opts),
+        versions=versions(),
+        options={k: v for k, v in _options_json(opts).items()
+                 if k not in ('models', 'table')},
+        comparisons={n: opts.all_comparisons()[n] for n in names},
+        parity=[],
+        results=[],
+        done=[],  # [size, comparison] pairs measured so far
+        complete=False,
+        date=time.strftime('%Y-%m-%d %H:%M:%S'))
+
+
+#: what a record must hold to be continued
+_RECORD_KEYS = ('command', 'machine', 'versions', 'options', 'comparisons',
+                'parity', 'results', 'done')
+
+
+def check_resumable(previous: dict, opts: Options) -> None:
+    """Raise ``ValueError`` unless ``previous`` (a record, maybe partial)
+    was run with the options of ``opts``, on this machine, with these
+    versions: one table must not mix two setups."""
+    if not isinstance(previous, dict) or any(
+            k not in previous for k in _RECORD_KEYS):
+        missing = [k for k in _RECORD_KEYS
+                   if not isinstance(previous, dict) or k not in previous]
+        raise ValueError(f'resume: not a benchmark record (it lacks '
+                         f'{missing})')
+    fresh = _new_record(opts, '')
+    differ = []
+    for part in ('options', 'machine', 'versions'):
+        then, now = previous[part], json.loads(json.dumps(fresh[part]))
+        for key in sorted(set(then) | set(now)):
+            if then.get(key) != now.get(key):
+                differ.append(f'{part} {key}: {then.get(key)!r} in the '
+                              f'record, {now.get(key)!r} now')
+    if differ:
+        raise ValueError('resume: the record was measured with other '
+                         'settings; rerun with the same options on the same '
+                         'machine and code, or start a new record:\n  ' +
+                         '\n  '.join(differ))
+
+
 def run_benchmark(opts: Options, command: str = '',
-                  progress: Optional[Callable[[str], None]] = None) -> dict:
-    """Run every comparison at every size; the full record (JSON-able)."""
+                  progress: Optional[Callable[[str], None]] = None,
+                  previous: Optional[dict] = None,
+                  on_update: Optional[Callable[[dict], None]] = None
+                  ) -> dict:
+    """Run every comparison at every size; the full record (JSON-able).
+
+    After each comparison, ``on_update`` gets the record so far
+    (``complete`` False until the last one), so that a crash or an
+    interrupt loses at most the comparison under way. ``previous``, a record
+    of the same options, machine and versions (:func:`check_resumable`),
+    is continued: the comparisons it holds are not run again.
+    """
     opts.validate()
     if opts.threads:
         torch.set_num_threads(opts.threads)
     say = progress or (lambda msg: None)
-    results, parity = [], []
+    record = _new_record(opts, command)
+    if previous is not None:
+        check_resumable(previous, opts)
+        for key in ('command', 'parity', 'results', 'done'):
+            record[key] = copy.deepcopy(previous[key])
+        record['resumed_with'] = list(previous.get('resumed_with', [])) + [
+            command]
     names = list(opts.comparisons)
     total = len(names) * len(opts.sizes)
     done = 0
     for size in opts.sizes:
         for name in names:
             done += 1
+            if [size, name] in record['done']:
+                say(f'[{done}/{total}] {name} at {size}x{size}: in the '
+                    'record already')
+                continue
             say(f'[{done}/{total}] {name} at {size}x{size}, batch '
                 f'{opts.batch}: building')
             variants, checks = build_variants(name, opts, say)
             if size == opts.sizes[0]:
-                parity += checks
+                record['parity'] += checks
             time_variants(variants, size, opts, say)
             rows = _rows(variants, size, opts)
             del variants
@@ -772,17 +838,14 @@ def run_benchmark(opts: Options, command: str = '',
                 say(f'[{done}/{total}] {name} at {size}x{size}: peak memory '
                     f'of {len(rows)} runs in a fresh process')
                 _add_memory(rows, size, opts)
-            results += rows
-    record = dict(
-        command=command,
-        machine=machine_info(opts),
-        versions=versions(),
-        options={k: v for k, v in _options_json(opts).items()
-                 if k not in ('models', 'table')},
-        comparisons={n: opts.all_comparisons()[n] for n in names},
-        parity=parity,
-        results=results,
-        date=time.strftime('%Y-%m-%d %H:%M:%S'))
+            record['results'] += rows
+            record['done'].append([size, name])
+            record['date'] = time.strftime('%Y-%m-%d %H:%M:%S')
+            if on_update is not None and len(record['done']) < total:
+                record['markdown'] = markdown(record)
+                on_update(record)
+    record['complete'] = True
+    record['date'] = time.strftime('%Y-%m-%d %H:%M:%S')
     record['markdown'] = markdown(record)
     return record
 
@@ -848,6 +911,13 @@ def markdown(record: dict) -> str:
         f" median of {opts['repeats']} x {opts['iters']} step(s)",
         f"- date: {record['date']}", ''
     ]
+    if not record.get('complete', True):
+        total = len(opts['sizes']) * len(record['comparisons'])
+        lines[-1:-1] = [
+            f"- **partial**: {len(record['done'])} of {total} comparisons "
+            f"measured; the run stopped or is still going (`--resume` this "
+            f"record's .json continues it)"
+        ]
     results = record['results']
     sizes = sorted({r['size'] for r in results})
     for size in sizes:
@@ -940,19 +1010,43 @@ def _compile_table(results: List[dict], size: int) -> List[str]:
     return lines + ['']
 
 
+def default_stem(opts: Options) -> str:
+    """``benchmark_<device>_b<batch>_<sizes>px_<date-time>``."""
+    sizes = '-'.join(str(s) for s in opts.sizes)
+    return (f'benchmark_{opts.device}_b{opts.batch}_{sizes}px_'
+            f"{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def load_record(path: str) -> dict:
+    """A record written by :func:`write_record` (its ``.json``), for
+    ``run_benchmark(previous=...)``; ``ValueError`` naming the problem."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except OSError as e:
+        raise ValueError(f'resume: cannot read {path}: {e.strerror}') from e
+    except ValueError as e:
+        raise ValueError(f'resume: {path} is not JSON ({e}); give the .json '
+                         'that a benchmark run wrote') from e
+    if not isinstance(record, dict) or 'done' not in record:
+        raise ValueError(f'resume: {path} is not a benchmark record that '
+                         'can be continued (no "done" list)')
+    return record
+
+
 def write_record(record: dict, out_dir: str, stem: Optional[str] = None):
     """Write ``STEM.md`` and ``STEM.json`` into ``out_dir``; their paths."""
     os.makedirs(out_dir, exist_ok=True)
     if stem is None:
-        opts = record['options']
-        sizes = '-'.join(str(s) for s in opts['sizes'])
-        stem = (f"benchmark_{opts['device']}_b{opts['batch']}_{sizes}px_"
-                f"{time.strftime('%Y%m%d-%H%M%S')}")
+        stem = default_stem(Options(**{
+            k: record['options'][k] for k in ('device', 'batch', 'sizes')}))
     md, js = osp.join(out_dir, stem + '.md'), osp.join(out_dir, stem + '.json')
-    with open(md, 'w') as f:
-        f.write(record['markdown'] + '\n')
-    with open(js, 'w') as f:
-        json.dump(record, f, indent=1)
+    # each file whole or not at all: a crash while writing keeps the last
+    for path, text in ((js, json.dumps(record, indent=1)),
+                       (md, record['markdown'] + '\n')):
+        with open(path + '.tmp', 'w') as f:
+            f.write(text)
+        os.replace(path + '.tmp', path)
     return md, js
 
 

@@ -298,3 +298,139 @@ def test_tool_profile_options_are_checked(capsys):
     assert '--by-conv go with --profile' in capsys.readouterr().err
     assert run_tool('--profile', 'sknet18', '--rows', '0') == 1
     assert 'rows must be a positive int' in capsys.readouterr().err
+
+
+def two_tiny_comparisons(**kwargs):
+    tiny = dict(stem_channels=8, base_channels=8)
+    return Options(**dict(dict(
+        comparisons=['a', 'b'], sizes=[32], batch=2, warmup=1, repeats=2,
+        threads=1, memory=False, layout='nchw',
+        models={
+            'mmsk/tiny-sk': benchmark.mmsk_model(
+                dict(type='SKNet', depth=18, sk_form='timm', **tiny)),
+            'mmsk/tiny-se': benchmark.mmsk_model(
+                dict(type='SENet', depth=18, **tiny))},
+        table={'a': ('mmsk/tiny-sk', ('mmsk/tiny-se', )),
+               'b': ('mmsk/tiny-se', ('mmsk/tiny-sk', ))}), **kwargs))
+
+
+def test_a_crashed_run_keeps_its_comparisons_and_resumes(tmp_path,
+                                                         monkeypatch):
+    """The record is written after every comparison; a run that dies in
+    the second keeps the first, and resuming runs only the second."""
+    built, crash = [], [True]
+    real_build = benchmark.build_variants
+
+    def build(name, opts, progress=None):
+        built.append(name)
+        if name == 'b' and crash:
+            crash.pop()
+            raise RuntimeError('the machine fell over')
+        return real_build(name, opts, progress)
+
+    monkeypatch.setattr(benchmark, 'build_variants', build)
+    out = str(tmp_path)
+    with pytest.raises(RuntimeError, match='fell over'):
+        benchmark.run_benchmark(
+            two_tiny_comparisons(), 'first command',
+            on_update=lambda r: benchmark.write_record(r, out, 'run'))
+    partial = benchmark.load_record(str(tmp_path / 'run.json'))
+    assert partial['complete'] is False and partial['done'] == [[32, 'a']]
+    assert {r['comparison'] for r in partial['results']} == {'a'}
+    assert '**partial**: 1 of 2 comparisons' in (tmp_path / 'run.md'
+                                                 ).read_text()
+    assert not list(tmp_path.glob('*.tmp'))
+
+    built.clear()
+    messages = []
+    record = benchmark.run_benchmark(
+        two_tiny_comparisons(), 'second command', messages.append,
+        previous=partial)
+    assert built == ['b']  # 'a' is not measured again
+    assert any('a at 32x32: in the record already' in m for m in messages)
+    assert record['complete'] is True
+    assert record['done'] == [[32, 'a'], [32, 'b']]
+    assert record['command'] == 'first command'
+    assert record['resumed_with'] == ['second command']
+    kept = [r for r in record['results'] if r['comparison'] == 'a']
+    assert kept == partial['results']
+    assert {r['comparison'] for r in record['results']} == {'a', 'b'}
+    assert '**partial**' not in record['markdown']
+
+
+def test_resume_refuses_a_record_of_another_setup(tmp_path):
+    opts = two_tiny_comparisons()
+    benchmark.run_benchmark(
+        opts, on_update=lambda r: benchmark.write_record(r, str(tmp_path),
+                                                         'run'))
+    partial = benchmark.load_record(str(tmp_path / 'run.json'))
+    with pytest.raises(ValueError, match=r'options batch: 2 in the record, '
+                       r'4 now'):
+        benchmark.check_resumable(partial, two_tiny_comparisons(batch=4))
+    with pytest.raises(ValueError, match=r'options layout'):
+        benchmark.run_benchmark(two_tiny_comparisons(layout='best'),
+                                previous=partial)
+    other = json.loads(json.dumps(partial))
+    other['machine']['cpu'] = 'another CPU'
+    with pytest.raises(ValueError, match="machine cpu: 'another CPU'"):
+        benchmark.check_resumable(other, opts)
+    other = json.loads(json.dumps(partial))
+    other['versions']['torch'] = '1.0'
+    with pytest.raises(ValueError, match="versions torch: '1.0'"):
+        benchmark.check_resumable(other, opts)
+    with pytest.raises(ValueError, match='not a benchmark record'):
+        benchmark.check_resumable({'results': []}, opts)
+    (tmp_path / 'bad.json').write_text('{"results": [')
+    with pytest.raises(ValueError, match='is not JSON'):
+        benchmark.load_record(str(tmp_path / 'bad.json'))
+    with pytest.raises(ValueError, match='cannot read'):
+        benchmark.load_record(str(tmp_path / 'missing.json'))
+    (tmp_path / 'list.json').write_text('[1, 2]')
+    with pytest.raises(ValueError, match='not a benchmark record that can'):
+        benchmark.load_record(str(tmp_path / 'list.json'))
+
+
+def test_tool_interrupted_run_tells_how_to_resume(tmp_path, capsys,
+                                                  monkeypatch):
+    """Ctrl-C in the second size: the first is on disk, the tool prints
+    the command that continues it, and that command finishes the table."""
+    real_time = benchmark.time_variants
+    sizes, interrupt = [], [True]
+
+    def time_variants(variants, size, opts, progress=None):
+        sizes.append(size)
+        if size == 64 and interrupt:
+            interrupt.pop()
+            raise KeyboardInterrupt
+        return real_time(variants, size, opts, progress)
+
+    monkeypatch.setattr(benchmark, 'time_variants', time_variants)
+    args = ['--models', 'sknet18', '--size', '32', '64', '--batch', '1',
+            '--repeats', '1', '--warmup', '1', '--threads', '1',
+            '--layout', 'nchw', '--modes', 'infer', '--no-memory',
+            '--out-dir', str(tmp_path), '--name', 'run']
+    assert run_tool(*args) == 130
+    err = capsys.readouterr().err
+    js = str(tmp_path / 'run.json')
+    assert 'continue with: python tools/analysis_tools/benchmark.py ' \
+        '--models sknet18' in err and err.rstrip().endswith(
+            f'--resume {js}')
+    assert json.loads(open(js).read())['done'] == [[32, 'sknet18']]
+
+    sizes.clear()
+    assert run_tool(*args, '--resume', js) == 0
+    assert sizes == [64]
+    record = json.loads(open(js).read())
+    assert record['complete'] is True
+    assert {r['size'] for r in record['results']} == {32, 64}
+    text = (tmp_path / 'run.md').read_text()
+    assert '## infer, 32x32' in text and '## infer, 64x64' in text
+
+
+def test_tool_resume_options_are_checked(tmp_path, capsys):
+    assert run_tool('--resume', str(tmp_path / 'none.json'),
+                    '--no-memory') == 1
+    assert 'resume: cannot read' in capsys.readouterr().err
+    assert run_tool('--profile', 'sknet18', '--resume',
+                    str(tmp_path / 'none.json')) == 1
+    assert '--resume continues a timing run' in capsys.readouterr().err

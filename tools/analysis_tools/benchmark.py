@@ -6,8 +6,11 @@ mmpretrain and torchvision, same weights where a converter exists.
         [--layout best] [--peer-layout best] [--amp bf16] [--compile]
         [--deploy] [--with-cp] [--device cpu] [--threads 2]
         [--warmup 2] [--repeats 5] [--iters 1] [--out-dir benchmarks]
+        [--resume benchmarks/benchmark_....json]
 
-Writes benchmarks/benchmark_*.md and .json (machine, versions, command).
+Writes benchmarks/benchmark_*.md and .json (machine, versions, command),
+after every comparison: an interrupted run keeps what it measured, and
+``--resume`` with the same options continues it.
 The method (interleaving, medians, how peak memory is measured) is in the
 docstring of mmsk/benchmark.py and in benchmarks/README.md.
 """
@@ -18,7 +21,8 @@ import sys
 
 from mmsk.benchmark import (AMP_CHOICES, COMPARISONS, DEVICES,
                             LAYOUT_CHOICES, MODES, Options, ParityError,
-                            profile_model, run_benchmark, write_record)
+                            default_stem, load_record, profile_model,
+                            run_benchmark, write_record)
 from mmsk.utils import check_positive_int
 
 
@@ -61,8 +65,16 @@ def parse_args(argv=None):
                         help='steps per timing (use more on a GPU)')
     parser.add_argument('--no-memory', action='store_true',
                         help='skip the peak-memory runs')
-    parser.add_argument('--out-dir', default='benchmarks')
+    parser.add_argument('--out-dir',
+                        help='where the .md/.json go (default: benchmarks, '
+                        "or with --resume the record's folder)")
     parser.add_argument('--name', help='file stem of the .md/.json')
+    parser.add_argument(
+        '--resume', metavar='JSON',
+        help='continue the run that wrote this .json (partial after a crash '
+        'or an interrupt), with the same options: the comparisons it holds '
+        'are kept, the rest are run, and the record is rewritten in place '
+        '(unless --out-dir / --name say otherwise)')
     parser.add_argument(
         '--profile', metavar='MODEL',
         help='instead of timing, profile one model (a key of the '
@@ -81,6 +93,24 @@ def parse_args(argv=None):
     parser.add_argument('--rows', type=int, default=12,
                         help='with --profile: how many rows (default 12)')
     return parser.parse_args(argv)
+
+
+TOOL = osp.relpath(osp.abspath(__file__))
+
+
+def _kept(saved: list, argv: list) -> str:
+    if not saved:
+        return 'no comparison was complete, nothing was written'
+    again = []
+    for arg in argv:  # the command again, without an earlier --resume
+        if again[-1:] == ['--resume']:
+            again.pop()
+        elif not arg.startswith('--resume='):
+            again.append(arg)
+    command = ' '.join(shlex.quote(a) for a in ['python', TOOL] + again +
+                       ['--resume', saved[1]])
+    return (f'the comparisons measured so far are in {saved[0]} and '
+            f'{saved[1]}; continue with: {command}')
 
 
 def main(argv=None):
@@ -104,14 +134,17 @@ def main(argv=None):
         memory=not args.no_memory)
     if argv is None:
         argv = sys.argv[1:]
-    tool = osp.relpath(osp.abspath(__file__))
-    command = ' '.join(shlex.quote(a) for a in ['python', tool] + list(argv))
+    command = ' '.join(shlex.quote(a) for a in ['python', TOOL] + list(argv))
+    saved = []  # the .md and .json written so far
     try:
         opts.validate()
         if (args.reference or args.by_shape or args.by_conv) and \
                 not args.profile:
             raise ValueError('--reference, --by-shape and --by-conv go '
                              'with --profile')
+        if args.resume and args.profile:
+            raise ValueError('--resume continues a timing run; --profile '
+                             'writes no record')
         check_positive_int('rows', args.rows)
         if args.profile:
             models = opts.all_models()
@@ -127,12 +160,35 @@ def main(argv=None):
                 row_limit=args.rows, by_shape=args.by_shape,
                 by_conv=args.by_conv))
             return 0
+        previous = None
+        out_dir, stem = args.out_dir or 'benchmarks', args.name
+        if args.resume:
+            previous = load_record(args.resume)
+            stem = stem or osp.splitext(osp.basename(args.resume))[0]
+            out_dir = args.out_dir or osp.dirname(args.resume) or '.'
+        stem = stem or default_stem(opts)
+
+        def save(partial):
+            saved[:] = write_record(partial, out_dir, stem)
+            print(f"saved {len(partial['done'])} comparison(s) so far to "
+                  f'{saved[1]}', flush=True)
+
         record = run_benchmark(
-            opts, command, progress=lambda msg: print(msg, flush=True))
+            opts, command, progress=lambda msg: print(msg, flush=True),
+            previous=previous, on_update=save)
+    except KeyboardInterrupt:
+        print(f'interrupted: {_kept(saved, argv)}', file=sys.stderr)
+        return 130
     except (ValueError, ParityError) as e:
         print(f'error: {e}', file=sys.stderr)
+        if saved:
+            print(_kept(saved, argv), file=sys.stderr)
         return 1
-    md, js = write_record(record, args.out_dir, args.name)
+    except Exception:
+        if saved:
+            print(_kept(saved, argv), file=sys.stderr)
+        raise
+    md, js = write_record(record, out_dir, stem)
     print('\n' + record['markdown'])
     print(f'wrote {md} and {js}')
     return 0
