@@ -891,6 +891,27 @@ def _fmt(value, digits=1):
     return '-' if value is None else f'{value:.{digits}f}'
 
 
+def _label(row: dict) -> str:
+    """``model`` or ``model flavour`` (deploy, compiled, with_cp)."""
+    return row['model'] + (f" {row['flavour']}" if row['flavour'] else '')
+
+
+def _pairs(record: dict, rows: List[dict]):
+    """``(comparison, mmsk row, peer row)`` in table order, for rows of one
+    size and mode: compiled mmsk rows against compiled peers, the rest
+    against eager ones."""
+    for name in record['comparisons']:
+        mine = [r for r in rows if r['comparison'] == name and
+                r['role'] == 'mmsk']
+        peers = [r for r in rows if r['comparison'] == name and
+                 r['role'] == 'peer']
+        for m in mine:
+            wanted = 'compiled' if m['flavour'] == 'compiled' else ''
+            for p in peers:
+                if p['flavour'] == wanted:
+                    yield name, m, p
+
+
 def markdown(record: dict) -> str:
     """The record as markdown: per size and mode, each peer next to the
     mmsk model, with the ratios mmsk / peer."""
@@ -933,34 +954,22 @@ def markdown(record: dict) -> str:
                 ' memory mmsk/peer | same weights (max diff) |',
                 '|---|---|---|---|---|---|---|---|---|---|'
             ]
-            for name in record['comparisons']:
-                mine = [r for r in rows if r['comparison'] == name and
-                        r['role'] == 'mmsk']
-                peers = [r for r in rows if r['comparison'] == name and
-                         r['role'] == 'peer']
-                for m in mine:
-                    # compiled against compiled, the rest against eager
-                    wanted = 'compiled' if m['flavour'] == 'compiled' else ''
-                    for p in (p for p in peers if p['flavour'] == wanted):
-                        check = [c for c in record['parity']
-                                 if c['comparison'] == name and
-                                 c['peer'] == p['model']]
-                        diff = check[0]['max_abs_diff'] if check else None
-                        mm, pm = m.get('peak_mem_mb'), p.get('peak_mem_mb')
-                        same = 'no converter' if diff is None else \
-                            f'yes ({diff:.1e})'
-                        lines.append(
-                            f"| {name} | {m['model']}"
-                            f"{' ' + m['flavour'] if m['flavour'] else ''} "
-                            f"({m['layout']}) | {_fmt(m['img_per_s'])} | "
-                            f"{p['model']}"
-                            f"{' ' + p['flavour'] if p['flavour'] else ''} "
-                            f"({p['layout']}) | "
-                            f"{_fmt(p['img_per_s'])} | "
-                            f"{m['img_per_s'] / p['img_per_s']:.2f} | "
-                            f"{_fmt(mm, 0)} | {_fmt(pm, 0)} | "
-                            f"{_fmt(mm / pm if mm and pm else None, 2)} | "
-                            f"{same} |")
+            for name, m, p in _pairs(record, rows):
+                check = [c for c in record['parity']
+                         if c['comparison'] == name and
+                         c['peer'] == p['model']]
+                diff = check[0]['max_abs_diff'] if check else None
+                mm, pm = m.get('peak_mem_mb'), p.get('peak_mem_mb')
+                same = 'no converter' if diff is None else \
+                    f'yes ({diff:.1e})'
+                lines.append(
+                    f"| {name} | {_label(m)} ({m['layout']}) | "
+                    f"{_fmt(m['img_per_s'])} | {_label(p)} ({p['layout']}) "
+                    f"| {_fmt(p['img_per_s'])} | "
+                    f"{m['img_per_s'] / p['img_per_s']:.2f} | "
+                    f"{_fmt(mm, 0)} | {_fmt(pm, 0)} | "
+                    f"{_fmt(mm / pm if mm and pm else None, 2)} | "
+                    f"{same} |")
             lines.append('')
         lines += _compile_table(results, size)
         cp = [r for r in results if r['size'] == size and
@@ -1010,6 +1019,59 @@ def _compile_table(results: List[dict], size: int) -> List[str]:
     return lines + ['']
 
 
+def speed_ratios(record: dict) -> List[dict]:
+    """One panel per size and mode: ``title`` and ``bars``, each bar
+    ``(label, mmsk / peer speed)``, the pairs and ratios of the tables."""
+    panels = []
+    results = record['results']
+    for size in sorted({r['size'] for r in results}):
+        for mode in MODES:
+            rows = [r for r in results if r['size'] == size and
+                    r['mode'] == mode]
+            bars = [(f'{_label(m)} / {_label(p)}',
+                     m['img_per_s'] / p['img_per_s'])
+                    for _, m, p in _pairs(record, rows)]
+            if bars:
+                panels.append(dict(title=f'{mode}, {size}x{size}',
+                                   bars=bars))
+    return panels
+
+
+def plot_record(record: dict, path: str) -> List[dict]:
+    """Bar charts of the speed ratios (mmsk / peer, 1 = as fast), one panel
+    per size and mode, as a PNG at ``path``; returns the panels."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    panels = speed_ratios(record)
+    if not panels:
+        raise ValueError('plot: the record has no timed pairs')
+    heights = [0.8 + 0.3 * len(p['bars']) for p in panels]
+    top = 1.15 * max([1.0] + [r for p in panels for _, r in p['bars']])
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(9, sum(heights) + 0.6),
+        gridspec_kw=dict(height_ratios=heights), squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        labels = [label for label, _ in panel['bars']][::-1]
+        ratios = [ratio for _, ratio in panel['bars']][::-1]
+        ax.barh(labels, ratios, color=[
+            'tab:green' if r >= 1 else 'tab:gray' for r in ratios])
+        ax.axvline(1.0, color='black', linewidth=0.8)
+        for y, r in enumerate(ratios):
+            ax.text(r, y, f' {r:.2f}', va='center', fontsize=8)
+        ax.set_xlim(0, top)  # one scale for all panels
+        ax.set_title(f"speed mmsk / peer, {panel['title']}", fontsize=10)
+        ax.tick_params(axis='y', labelsize=8)
+    machine = record['machine']
+    fig.suptitle(f"{machine['cpu']}, {machine['threads']} threads, "
+                 f"batch {record['options']['batch']}, device "
+                 f"{machine['device']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return panels
+
+
 def default_stem(opts: Options) -> str:
     """``benchmark_<device>_b<batch>_<sizes>px_<date-time>``."""
     sizes = '-'.join(str(s) for s in opts.sizes)
@@ -1034,8 +1096,11 @@ def load_record(path: str) -> dict:
     return record
 
 
-def write_record(record: dict, out_dir: str, stem: Optional[str] = None):
-    """Write ``STEM.md`` and ``STEM.json`` into ``out_dir``; their paths."""
+def write_record(record: dict, out_dir: str, stem: Optional[str] = None,
+                 plot: bool = False):
+    """Write ``STEM.md`` and ``STEM.json`` into ``out_dir`` (and with
+    ``plot`` the speed ratios as ``STEM.png``); the paths of the .md and
+    the .json."""
     os.makedirs(out_dir, exist_ok=True)
     if stem is None:
         stem = default_stem(Options(**{
@@ -1047,6 +1112,10 @@ def write_record(record: dict, out_dir: str, stem: Optional[str] = None):
         with open(path + '.tmp', 'w') as f:
             f.write(text)
         os.replace(path + '.tmp', path)
+    if plot:
+        png = osp.join(out_dir, stem + '.png')
+        plot_record(record, png + '.tmp.png')
+        os.replace(png + '.tmp.png', png)
     return md, js
 
 

@@ -211,7 +211,7 @@ def test_tool_smoke_run_writes_the_table(tmp_path, capsys):
         '--models', 'sknet18', '--size', '64', '--batch', '2', '--repeats',
         '1', '--warmup', '1', '--threads', '1', '--layout', 'nchw',
         '--modes', 'infer', '--no-memory', '--out-dir', str(tmp_path),
-        '--name', 'smoke') == 0
+        '--name', 'smoke', '--plot') == 0
     assert 'repeat 1/1' in capsys.readouterr().out
     record = json.loads((tmp_path / 'smoke.json').read_text())
     assert record['command'].startswith('python ')
@@ -220,6 +220,7 @@ def test_tool_smoke_run_writes_the_table(tmp_path, capsys):
     assert row['img_per_s'] > 0 and row['layout'] == 'nchw'
     assert '| sknet18 | mmsk/sknet18-timm (nchw) |' in (
         tmp_path / 'smoke.md').read_text()
+    assert (tmp_path / 'smoke.png').read_bytes()[:4] == b'\x89PNG'
 
 
 def test_tool_reports_a_bad_option(capsys):
@@ -433,4 +434,32 @@ def test_tool_resume_options_are_checked(tmp_path, capsys):
     assert 'resume: cannot read' in capsys.readouterr().err
     assert run_tool('--profile', 'sknet18', '--resume',
                     str(tmp_path / 'none.json')) == 1
-    assert '--resume continues a timing run' in capsys.readouterr().err
+    assert '--resume and --plot go with a timing run' in \
+        capsys.readouterr().err
+
+
+def test_plot_draws_the_ratios_of_the_tables(tmp_path):
+    record = benchmark.run_benchmark(two_tiny_comparisons(
+        modes=['infer', 'train']))
+    benchmark.write_record(record, str(tmp_path), 'run', plot=True)
+    png = (tmp_path / 'run.png').read_bytes()
+    assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 5000
+    assert not list(tmp_path.glob('*.tmp*'))
+    panels = benchmark.speed_ratios(record)
+    assert [p['title'] for p in panels] == ['infer, 32x32', 'train, 32x32']
+    # every bar is a row of the table, with its speed ratio
+    table = {}
+    for line in record['markdown'].splitlines():
+        if line.startswith('## '):
+            title = line[3:]
+        elif line.startswith('| a |') or line.startswith('| b |'):
+            cells = [c.strip() for c in line.split('|')]
+            table.setdefault(title, []).append(float(cells[6]))
+    for panel in panels:
+        assert [round(r, 2) for _, r in panel['bars']] == \
+            table[panel['title']]
+        assert [label for label, _ in panel['bars']] == [
+            'mmsk/tiny-sk / mmsk/tiny-se', 'mmsk/tiny-se / mmsk/tiny-sk']
+    with pytest.raises(ValueError, match='no timed pairs'):
+        benchmark.plot_record(dict(record, results=[]),
+                              str(tmp_path / 'empty.png'))

@@ -69,6 +69,9 @@ def parse_args(argv=None):
                         help='where the .md/.json go (default: benchmarks, '
                         "or with --resume the record's folder)")
     parser.add_argument('--name', help='file stem of the .md/.json')
+    parser.add_argument('--plot', action='store_true',
+                        help='also draw the speed ratios (mmsk / peer) as '
+                        'a .png beside the .md')
     parser.add_argument(
         '--resume', metavar='JSON',
         help='continue the run that wrote this .json (partial after a crash '
@@ -142,9 +145,9 @@ def main(argv=None):
                 not args.profile:
             raise ValueError('--reference, --by-shape and --by-conv go '
                              'with --profile')
-        if args.resume and args.profile:
-            raise ValueError('--resume continues a timing run; --profile '
-                             'writes no record')
+        if (args.resume or args.plot) and args.profile:
+            raise ValueError('--resume and --plot go with a timing run; '
+                             '--profile writes no record')
         check_positive_int('rows', args.rows)
         if args.profile:
             models = opts.all_models()
@@ -169,7 +172,7 @@ def main(argv=None):
         stem = stem or default_stem(opts)
 
         def save(partial):
-            saved[:] = write_record(partial, out_dir, stem)
+            saved[:] = write_record(partial, out_dir, stem, args.plot)
             print(f"saved {len(partial['done'])} comparison(s) so far to "
                   f'{saved[1]}', flush=True)
 
@@ -188,9 +191,10 @@ def main(argv=None):
         if saved:
             print(_kept(saved, argv), file=sys.stderr)
         raise
-    md, js = write_record(record, out_dir, stem)
+    md, js = write_record(record, out_dir, stem, args.plot)
     print('\n' + record['markdown'])
-    print(f'wrote {md} and {js}')
+    print(f'wrote {md} and {js}' +
+          (f" and {osp.join(out_dir, stem + '.png')}" if args.plot else ''))
     return 0
 
 
