@@ -1187,14 +1187,44 @@ def conv_events(events) -> List[dict]:
     return calls
 
 
+def _median_step(calls: List[dict], steps: int) -> Optional[List[dict]]:
+    """The convolutions of one step, each with the median of its times over
+    ``steps`` steps, when every step ran the same convolutions in the same
+    order (else None)."""
+    if steps < 2 or len(calls) % steps:
+        return None
+    n = len(calls) // steps
+    per_step = [calls[i * n:(i + 1) * n] for i in range(steps)]
+    for i, first in enumerate(per_step[0]):
+        if any((step[i]['kind'], step[i]['direction'], step[i]['flops']) !=
+               (first['kind'], first['direction'], first['flops'])
+               for step in per_step):
+            return None
+    return [
+        dict(first, ms=statistics.median(step[i]['ms'] for step in per_step))
+        for i, first in enumerate(per_step[0])
+    ]
+
+
 def conv_table(calls: List[dict], steps: int = 1) -> str:
     """Markdown table of :func:`conv_events` by kind of convolution: forward
     calls, time and GFLOP per step, the throughput each kind reaches, and
     its share of the convolutions' time against its share of their FLOPs (a
     kind that takes more of the time than of the FLOPs runs slower than the
-    others on this machine)."""
+    others on this machine).
+
+    When the steps ran the same convolutions in the same order, each call's
+    time is its median over the steps, so that a step slowed down by the
+    machine (on a shared VM the same call can take 3x longer in one step)
+    does not move the figures; otherwise the mean per step."""
     if not calls:
         return 'no convolutions recorded'
+    typical = _median_step(calls, steps)
+    if typical is None:
+        note = f'per step, mean of {steps} steps'
+    else:
+        note = f"per step, each call's median over {steps} steps"
+        calls, steps = typical, 1
     kinds: Dict[str, dict] = {}
     for c in calls:
         k = kinds.setdefault(c['kind'], dict(calls=0, fwd=0., bwd=0.,
@@ -1221,7 +1251,7 @@ def conv_table(calls: List[dict], steps: int = 1) -> str:
             f"{k['flops'] / max(ms, 1e-9) / 1e6:.0f} | "
             f"{ms / max(total_ms, 1e-9):.0%} | "
             f"{k['flops'] / max(total_flops, 1):.0%} |")
-    return '\n'.join(lines) + f'\n\n(per step, mean of {steps} steps)'
+    return '\n'.join(lines) + f'\n\n({note})'
 
 
 def profile_model(spec: dict, size: int, opts: Options, mode: str = 'train',

@@ -282,11 +282,36 @@ def test_conv_events_count_the_flops_of_each_kind():
     assert benchmark.conv_table([]) == 'no convolutions recorded'
 
 
+def test_conv_table_takes_each_calls_median_over_the_steps():
+    """A step slowed down by the machine does not move the figures: each
+    call's median over the steps; steps that ran other convolutions fall
+    back to the mean."""
+    def call(kind, direction, ms):
+        return dict(kind=kind, direction=direction, ms=ms, flops=10**9)
+    steps = [[call('1x1 dense', 'forward', 2.0), call('3x3 grouped',
+                                                     'forward', 4.0)],
+             [call('1x1 dense', 'forward', 2.0), call('3x3 grouped',
+                                                     'forward', 40.0)],
+             [call('1x1 dense', 'forward', 2.0), call('3x3 grouped',
+                                                     'forward', 5.0)]]
+    table = benchmark.conv_table([c for s in steps for c in s], steps=3)
+    assert '| 3x3 grouped | 1 | 5.0 | 0.0 | 1.00 | 200 |' in table
+    assert '| all | 2 | 7.0 |' in table
+    assert "each call's median over 3 steps" in table
+    other = [c for s in steps for c in s][:-1]  # the last step differs
+    table = benchmark.conv_table(other + [call('1x1 dense', 'forward', 2.0)],
+                                 steps=3)
+    assert 'mean of 3 steps' in table
+    assert '| all | 2 | 17.3 |' in table
+
+
 def test_tool_profile_by_conv_adds_the_kinds(capsys):
     assert run_tool('--profile', 'sknet18', '--size', '64', '--batch', '2',
-                    '--threads', '1', '--modes', 'infer', '--by-conv') == 0
+                    '--threads', '1', '--modes', 'infer', '--by-conv',
+                    '--steps', '2') == 0
     out = capsys.readouterr().out
     assert 'Convolutions by kind' in out
+    assert "each call's median over 2 steps" in out
     assert '| 3x3 dense, dilation 2 |' in out  # the SK branch of timm's form
     assert '| 1x1 dense, on 1x1 maps |' in out  # its attention
 
@@ -297,6 +322,10 @@ def test_tool_profile_options_are_checked(capsys):
         capsys.readouterr().err
     assert run_tool('--by-conv') == 1
     assert '--by-conv go with --profile' in capsys.readouterr().err
+    assert run_tool('--profile', 'sknet18', '--steps', '0') == 1
+    assert 'steps must be a positive int' in capsys.readouterr().err
+    assert run_tool('--steps', '5', '--no-memory') == 1
+    assert '--steps go with --profile' in capsys.readouterr().err
     assert run_tool('--profile', 'sknet18', '--rows', '0') == 1
     assert 'rows must be a positive int' in capsys.readouterr().err
 

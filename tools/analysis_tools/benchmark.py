@@ -93,6 +93,10 @@ def parse_args(argv=None):
                         help='with --profile: also the convolutions by kind '
                         '(kernel, groups, stride, dilation): time, GFLOP '
                         'and the GFLOP/s each kind reaches')
+    parser.add_argument('--steps', type=int,
+                        help='with --profile: how many steps to record '
+                        '(default 3; --by-conv takes each call\'s median '
+                        'over them)')
     parser.add_argument('--rows', type=int, default=12,
                         help='with --profile: how many rows (default 12)')
     return parser.parse_args(argv)
@@ -145,6 +149,10 @@ def main(argv=None):
                 not args.profile:
             raise ValueError('--reference, --by-shape and --by-conv go '
                              'with --profile')
+        if args.steps is not None and not args.profile:
+            raise ValueError('--steps go with --profile (the timing runs '
+                             'take --repeats and --iters)')
+        check_positive_int('steps', 3 if args.steps is None else args.steps)
         if (args.resume or args.plot) and args.profile:
             raise ValueError('--resume and --plot go with a timing run; '
                              '--profile writes no record')
@@ -160,7 +168,8 @@ def main(argv=None):
                 models[key], opts.sizes[0], opts, mode=opts.modes[0],
                 layout=opts.layout if opts.layout != 'best' else
                 'channels_last', reference=args.reference,
-                row_limit=args.rows, by_shape=args.by_shape,
+                steps=args.steps or 3, row_limit=args.rows,
+                by_shape=args.by_shape,
                 by_conv=args.by_conv))
             return 0
         previous = None
