@@ -325,7 +325,7 @@ def test_tool_profile_options_are_checked(capsys):
     assert run_tool('--profile', 'sknet18', '--steps', '0') == 1
     assert 'steps must be a positive int' in capsys.readouterr().err
     assert run_tool('--steps', '5', '--no-memory') == 1
-    assert '--steps go with --profile' in capsys.readouterr().err
+    assert '--steps goes with --profile' in capsys.readouterr().err
     assert run_tool('--profile', 'sknet18', '--rows', '0') == 1
     assert 'rows must be a positive int' in capsys.readouterr().err
 

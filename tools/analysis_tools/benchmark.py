@@ -150,7 +150,7 @@ def main(argv=None):
             raise ValueError('--reference, --by-shape and --by-conv go '
                              'with --profile')
         if args.steps is not None and not args.profile:
-            raise ValueError('--steps go with --profile (the timing runs '
+            raise ValueError('--steps goes with --profile (the timing runs '
                              'take --repeats and --iters)')
         check_positive_int('steps', 3 if args.steps is None else args.steps)
         if (args.resume or args.plot) and args.profile:
