@@ -764,17 +764,18 @@ _RECORD_KEYS = ('command', 'machine', 'versions', 'options', 'comparisons',
                 'parity', 'results', 'done')
 
 
-def check_resumable(previous: dict, opts: Options) -> None:
+def check_resumable(previous: dict, opts: Options,
+                    fresh: Optional[dict] = None) -> None:
     """Raise ``ValueError`` unless ``previous`` (a record, maybe partial)
     was run with the options of ``opts``, on this machine, with these
-    versions: one table must not mix two setups."""
-    if not isinstance(previous, dict) or any(
-            k not in previous for k in _RECORD_KEYS):
-        missing = [k for k in _RECORD_KEYS
-                   if not isinstance(previous, dict) or k not in previous]
+    versions (those of ``fresh``, a new record of ``opts``, when given):
+    one table must not mix two setups."""
+    missing = list(_RECORD_KEYS) if not isinstance(previous, dict) else [
+        k for k in _RECORD_KEYS if k not in previous]
+    if missing:
         raise ValueError(f'resume: not a benchmark record (it lacks '
                          f'{missing})')
-    fresh = _new_record(opts, '')
+    fresh = fresh or _new_record(opts, '')
     differ = []
     for part in ('options', 'machine', 'versions'):
         then, now = previous[part], json.loads(json.dumps(fresh[part]))
@@ -808,7 +809,7 @@ def run_benchmark(opts: Options, command: str = '',
     say = progress or (lambda msg: None)
     record = _new_record(opts, command)
     if previous is not None:
-        check_resumable(previous, opts)
+        check_resumable(previous, opts, record)
         for key in ('command', 'parity', 'results', 'done'):
             record[key] = copy.deepcopy(previous[key])
         record['resumed_with'] = list(previous.get('resumed_with', [])) + [
