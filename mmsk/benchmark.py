@@ -36,6 +36,12 @@ Compiled
     a table gives each model's compiled / eager ratio. The warm-up steps
     compile (so ``warmup >= 2``); compiled rows get no peak memory.
 
+Targets
+    The report ends with mmsk's goals (:data:`TARGETS`) checked against the
+    run: the ratio of the medians, and the ratio within each timed repeat
+    (the models run in turn, so a repeat pairs timings taken under the same
+    state of the machine), which shows how far the noise reaches.
+
 Peak memory
     Measured in a fresh interpreter per comparison (nothing else resident),
     one model at a time, in the layout that is reported: after a warm-up
@@ -992,7 +998,154 @@ def markdown(record: dict) -> str:
                     f"{_fmt(mc / mb if mb and mc else None, 2)} | "
                     f"{_fmt(base['img_per_s'])} | {_fmt(r['img_per_s'])} |")
             lines.append('')
+    lines += _targets_table(record)
     return '\n'.join(lines)
+
+
+# --- targets -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for one comparison in one mode, checked against a run.
+
+    ``kind``: ``speed`` (mmsk's img/s over the peer's, at least ``bound``),
+    ``memory`` (mmsk's peak training memory over the peer's, at most
+    ``bound``) or ``with_cp`` (mmsk's peak training memory with
+    ``with_cp=True`` over without, at most ``bound``). ``peer`` is a model
+    key; ``None`` means the faster of the comparison's peers in that run.
+    """
+    comparison: str
+    mode: str
+    kind: str
+    bound: float
+    peer: Optional[str] = None
+
+    @property
+    def goal(self) -> str:
+        what = dict(infer='inference', train='training')[self.mode]
+        if self.kind == 'speed':
+            return f'{what} speed >= {self.bound:.2f}x'
+        if self.kind == 'memory':
+            return f'peak {what} memory <= {self.bound:.2f}x'
+        return (f'peak {what} memory with_cp / without <= '
+                f'{self.bound:.2f}x')
+
+
+def _family_targets(comparison, infer, train, peer=None):
+    return (Target(comparison, 'infer', 'speed', infer, peer),
+            Target(comparison, 'train', 'speed', train, peer))
+
+
+#: mmsk's performance goals: each is a ratio within one run of the tool,
+#: every model in the layout the run reports (with ``layout='best'``, its
+#: faster one).
+TARGETS: Tuple[Target, ...] = (
+    *_family_targets('sknet50', 1.3, 1.3, 'timm/skresnext50_32x4d'),
+    Target('sknet50', 'train', 'memory', 0.85, 'timm/skresnext50_32x4d'),
+    *_family_targets('sknet50', 0.9, 0.85, 'timm/resnext50_32x4d'),
+    *_family_targets('sknet18', 1.2, 1.2, 'timm/skresnet18'),
+    *_family_targets('sknet34', 1.2, 1.2, 'timm/skresnet34'),
+    *_family_targets('senet50', 1.1, 1.05),
+    *_family_targets('seresnext50', 1.1, 1.05),
+    *_family_targets('res2net50', 1.1, 1.05),
+    *_family_targets('mobilenetv2', 1.1, 1.05),
+    *(Target(name, 'train', 'with_cp', 0.7) for name in COMPARISONS),
+)
+
+
+def repeat_ratios(mine: dict, peer: dict) -> Optional[List[float]]:
+    """The speed ratio mmsk / peer within each timed repeat (the models run
+    in turn, so repeat ``i`` of both saw the same state of the machine);
+    None when the rows do not hold paired timings."""
+    t_mine = mine.get('times_s_by_layout', {}).get(mine['layout'])
+    t_peer = peer.get('times_s_by_layout', {}).get(peer['layout'])
+    if not t_mine or not t_peer or len(t_mine) != len(t_peer):
+        return None
+    return [p / m for m, p in zip(t_mine, t_peer)]
+
+
+def _target_peer(target: Target, rows: List[dict]) -> Optional[dict]:
+    peers = [r for r in rows if r['role'] == 'peer' and r['flavour'] == '']
+    if target.peer is not None:
+        peers = [r for r in peers if r['model'] == target.peer]
+    return max(peers, key=lambda r: r['img_per_s']) if peers else None
+
+
+def check_targets(record: dict,
+                  targets: Sequence[Target] = TARGETS) -> List[dict]:
+    """Each target that the record has the rows for, per size, against the
+    run's figures: ``ratio`` (of the medians, as in the tables; of the peak
+    memories), ``met``, and for speed the per-repeat ratios
+    (:func:`repeat_ratios`). Inference speed goals are also checked for the
+    deploy form where the run timed it."""
+    results = record['results']
+    checks = []
+    for size in sorted({r['size'] for r in results}):
+        for t in targets:
+            rows = [r for r in results if r['size'] == size and
+                    r['comparison'] == t.comparison and r['mode'] == t.mode]
+            mine = {r['flavour']: r for r in rows if r['role'] == 'mmsk'}
+            if t.kind == 'with_cp':
+                pairs = [(mine.get('with_cp'), mine.get(''))]
+            else:
+                flavours = ['', 'deploy'] if t.kind == 'speed' and \
+                    t.mode == 'infer' else ['']
+                peer = _target_peer(t, rows)
+                pairs = [(mine.get(f), peer) for f in flavours]
+            for m, p in pairs:
+                if m is None or p is None:
+                    continue
+                check = dict(target=t, size=size, mine=m, peer=p,
+                             repeats=None)
+                if t.kind == 'speed':
+                    check['ratio'] = m['img_per_s'] / p['img_per_s']
+                    check['repeats'] = repeat_ratios(m, p)
+                    check['met'] = check['ratio'] >= t.bound
+                else:
+                    mm, pm = m.get('peak_mem_mb'), p.get('peak_mem_mb')
+                    if not mm or not pm:
+                        continue
+                    check['ratio'] = mm / pm
+                    check['met'] = check['ratio'] <= t.bound
+                checks.append(check)
+    return checks
+
+
+def _targets_table(record: dict,
+                   targets: Sequence[Target] = TARGETS) -> List[str]:
+    checks = check_targets(record, targets)
+    if not checks:
+        return []
+    lines = [
+        '## Targets', '',
+        "mmsk's goals against this run: the ratio of the medians (the "
+        'tables above) and, for speed, the ratio within each timed repeat '
+        '(the models run in turn), lowest to highest, with the number of '
+        'repeats that meet the goal.' + (
+            ' The with_cp goal is set at batch 32, 224x224.'
+            if any(c['target'].kind == 'with_cp' for c in checks) else ''),
+        '',
+        '| size | goal | mmsk (layout) | against (layout) | ratio | per '
+        'repeat | met |', '|---|---|---|---|---|---|---|'
+    ]
+    for c in checks:
+        t, m, p = c['target'], c['mine'], c['peer']
+        against = f"{_label(p)} ({p['layout']})"
+        if t.kind == 'speed' and t.peer is None:
+            against = 'the faster peer: ' + against
+        spread = '-'
+        if c['repeats']:
+            low, high = min(c['repeats']), max(c['repeats'])
+            hits = sum(r >= t.bound for r in c['repeats'])
+            spread = (f'{low:.2f}' if f'{low:.2f}' == f'{high:.2f}' else
+                      f'{low:.2f}-{high:.2f}') + \
+                f", {hits} of {len(c['repeats'])}"
+        lines.append(
+            f"| {c['size']} | {t.goal} | {_label(m)} ({m['layout']}) | "
+            f"{against} | {c['ratio']:.2f} | {spread} | "
+            f"{'yes' if c['met'] else 'no'} |")
+    return lines + ['']
 
 
 def _compile_table(results: List[dict], size: int) -> List[str]:
@@ -1021,25 +1174,36 @@ def _compile_table(results: List[dict], size: int) -> List[str]:
 
 
 def speed_ratios(record: dict) -> List[dict]:
-    """One panel per size and mode: ``title`` and ``bars``, each bar
-    ``(label, mmsk / peer speed)``, the pairs and ratios of the tables."""
+    """One panel per size and mode: ``title``, ``bars``, each bar
+    ``(label, mmsk / peer speed)``, the pairs and ratios of the tables, and
+    ``spreads``, per bar the lowest and highest per-repeat ratio
+    (:func:`repeat_ratios`) or None."""
     panels = []
     results = record['results']
     for size in sorted({r['size'] for r in results}):
         for mode in MODES:
             rows = [r for r in results if r['size'] == size and
                     r['mode'] == mode]
-            bars = [(f'{_label(m)} / {_label(p)}',
-                     m['img_per_s'] / p['img_per_s'])
-                    for _, m, p in _pairs(record, rows)]
-            if bars:
-                panels.append(dict(title=f'{mode}, {size}x{size}',
-                                   bars=bars))
+            pairs = list(_pairs(record, rows))
+            if not pairs:
+                continue
+            spreads = []
+            for _, m, p in pairs:
+                ratios = repeat_ratios(m, p)
+                spreads.append((min(ratios), max(ratios)) if ratios else
+                               None)
+            panels.append(dict(
+                title=f'{mode}, {size}x{size}',
+                bars=[(f'{_label(m)} / {_label(p)}',
+                       m['img_per_s'] / p['img_per_s'])
+                      for _, m, p in pairs],
+                spreads=spreads))
     return panels
 
 
 def plot_record(record: dict, path: str) -> List[dict]:
-    """Bar charts of the speed ratios (mmsk / peer, 1 = as fast), one panel
+    """Bar charts of the speed ratios (mmsk / peer, 1 = as fast; whiskers:
+    the lowest and highest ratio within one repeat), one panel
     per size and mode, as a PNG at ``path``; returns the panels."""
     import matplotlib
     matplotlib.use('Agg')
@@ -1048,7 +1212,8 @@ def plot_record(record: dict, path: str) -> List[dict]:
     if not panels:
         raise ValueError('plot: the record has no timed pairs')
     heights = [0.8 + 0.3 * len(p['bars']) for p in panels]
-    top = 1.15 * max([1.0] + [r for p in panels for _, r in p['bars']])
+    top = 1.15 * max([1.0] + [r for p in panels for _, r in p['bars']] +
+                     [s[1] for p in panels for s in p['spreads'] if s])
     fig, axes = plt.subplots(
         len(panels), 1, figsize=(9, sum(heights) + 0.6),
         gridspec_kw=dict(height_ratios=heights), squeeze=False)
@@ -1057,9 +1222,17 @@ def plot_record(record: dict, path: str) -> List[dict]:
         ratios = [ratio for _, ratio in panel['bars']][::-1]
         ax.barh(labels, ratios, color=[
             'tab:green' if r >= 1 else 'tab:gray' for r in ratios])
+        # the lowest and highest ratio within one repeat
+        for y, (r, spread) in enumerate(zip(ratios, panel['spreads'][::-1])):
+            if spread:
+                ax.errorbar(r, y, xerr=[[r - spread[0]], [spread[1] - r]],
+                            fmt='none', ecolor='black', elinewidth=0.8,
+                            capsize=2)
         ax.axvline(1.0, color='black', linewidth=0.8)
-        for y, r in enumerate(ratios):
-            ax.text(r, y, f' {r:.2f}', va='center', fontsize=8)
+        for y, (r, spread) in enumerate(zip(ratios,
+                                            panel['spreads'][::-1])):
+            ax.text(max(r, spread[1]) if spread else r, y, f' {r:.2f}',
+                    va='center', fontsize=8)
         ax.set_xlim(0, top)  # one scale for all panels
         ax.set_title(f"speed mmsk / peer, {panel['title']}", fontsize=10)
         ax.tick_params(axis='y', labelsize=8)

@@ -489,6 +489,74 @@ def test_plot_draws_the_ratios_of_the_tables(tmp_path):
             table[panel['title']]
         assert [label for label, _ in panel['bars']] == [
             'mmsk/tiny-sk / mmsk/tiny-se', 'mmsk/tiny-se / mmsk/tiny-sk']
+        # the whiskers: lowest and highest ratio within one repeat, around
+        # the ratio of the medians
+        for (_, ratio), (low, high) in zip(panel['bars'],
+                                           panel['spreads']):
+            assert low <= ratio + 1e-12 and ratio <= high + 1e-12
     with pytest.raises(ValueError, match='no timed pairs'):
         benchmark.plot_record(dict(record, results=[]),
                               str(tmp_path / 'empty.png'))
+
+
+def test_every_target_names_a_comparison_and_its_peer():
+    assert {t.comparison for t in benchmark.TARGETS} == set(
+        benchmark.COMPARISONS)
+    for t in benchmark.TARGETS:
+        assert t.mode in benchmark.MODES and t.bound > 0
+        assert t.kind in ('speed', 'memory', 'with_cp')
+        if t.peer is not None:
+            assert t.peer in benchmark.COMPARISONS[t.comparison][1]
+
+
+def _row(model, role, mode, times, flavour='', layout='nchw', mem=None):
+    return dict(comparison='c', model=model, role=role, flavour=flavour,
+                mode=mode, size=32, layout=layout,
+                img_per_s=2 / sorted(times)[len(times) // 2],
+                times_s_by_layout={layout: times}, peak_mem_mb=mem)
+
+
+def test_targets_are_checked_against_the_run_with_each_repeat():
+    targets = (benchmark.Target('c', 'infer', 'speed', 1.3, 'p1'),
+               benchmark.Target('c', 'train', 'speed', 1.05),
+               benchmark.Target('c', 'train', 'memory', 0.85, 'p1'),
+               benchmark.Target('c', 'train', 'with_cp', 0.7),
+               benchmark.Target('other', 'infer', 'speed', 1.0))
+    record = dict(comparisons=['c'], parity=[], results=[
+        # repeat i of every model ran in turn: paired ratios p / m
+        _row('m', 'mmsk', 'infer', [1.0, 1.0, 2.0], layout='channels_last'),
+        _row('m', 'mmsk', 'infer', [0.5, 0.5, 0.6], flavour='deploy'),
+        _row('p1', 'peer', 'infer', [1.2, 1.4, 1.6]),
+        _row('p2', 'peer', 'infer', [0.1, 0.1, 0.1]),  # not the target's
+        _row('m', 'mmsk', 'train', [2.0, 2.0, 2.0], mem=80.0),
+        _row('m', 'mmsk', 'train', [3.0, 3.0, 3.0], flavour='with_cp',
+             mem=40.0),
+        _row('p1', 'peer', 'train', [2.2, 2.0, 2.1], mem=100.0),
+        _row('p2', 'peer', 'train', [1.9, 2.1, 2.0], mem=90.0),
+    ])
+    checks = benchmark.check_targets(record, targets)
+    got = [(c['target'].kind, c['target'].mode, c['mine']['flavour'],
+            c['peer']['model'], round(c['ratio'], 4), c['met'],
+            c['repeats'] and [round(r, 4) for r in c['repeats']])
+           for c in checks]
+    assert got == [
+        # ratio of the medians 1.4 / 1.0; per repeat 1.2, 1.4, 0.8
+        ('speed', 'infer', '', 'p1', 1.4, True, [1.2, 1.4, 0.8]),
+        ('speed', 'infer', 'deploy', 'p1', 2.8, True, [2.4, 2.8, 2.6667]),
+        # no peer named: the faster one (p2, median 2.0 s against 2.1 s)
+        ('speed', 'train', '', 'p2', 1.0, False, [0.95, 1.05, 1.0]),
+        ('memory', 'train', '', 'p1', 0.8, True, None),
+        ('with_cp', 'train', 'with_cp', 'm', 0.5, True, None),
+    ]
+    # the default targets name other comparisons
+    assert benchmark._targets_table(record) == []
+    lines = benchmark._targets_table(record, targets)
+    assert lines[0] == '## Targets' and 'with_cp goal' in lines[2]
+    assert lines[6] == ('| 32 | inference speed >= 1.30x | m (channels_last) '
+                        '| p1 (nchw) | 1.40 | 0.80-1.40, 1 of 3 | yes |')
+    assert lines[8] == ('| 32 | training speed >= 1.05x | m (nchw) | the '
+                        'faster peer: p2 (nchw) | 1.00 | 0.95-1.05, 1 of 3 '
+                        '| no |')
+    assert lines[10].startswith(
+        '| 32 | peak training memory with_cp / without <= 0.70x | '
+        'm with_cp (nchw) | m (nchw) | 0.50 | - | yes |')
