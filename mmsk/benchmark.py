@@ -1141,9 +1141,12 @@ def _targets_table(record: dict,
             spread = (f'{low:.2f}' if f'{low:.2f}' == f'{high:.2f}' else
                       f'{low:.2f}-{high:.2f}') + \
                 f", {hits} of {len(c['repeats'])}"
+        ratio = f"{c['ratio']:.2f}"
+        if ratio == f'{t.bound:.2f}':  # say on which side of the goal
+            ratio = f"{c['ratio']:.3f}"
         lines.append(
             f"| {c['size']} | {t.goal} | {_label(m)} ({m['layout']}) | "
-            f"{against} | {c['ratio']:.2f} | {spread} | "
+            f"{against} | {ratio} | {spread} | "
             f"{'yes' if c['met'] else 'no'} |")
     return lines + ['']
 

@@ -1,6 +1,7 @@
 """mmsk.benchmark and tools/analysis_tools/benchmark.py on tiny inputs: the
 numbers are produced, positive and written; the same-weights check catches
 a model that computes something else. (No timing is asserted.)"""
+import copy
 import json
 
 import pytest
@@ -557,6 +558,10 @@ def test_targets_are_checked_against_the_run_with_each_repeat():
     assert lines[8] == ('| 32 | training speed >= 1.05x | m (nchw) | the '
                         'faster peer: p2 (nchw) | 1.00 | 0.95-1.05, 1 of 3 '
                         '| no |')
+    # a ratio that rounds to the goal shows on which side it lies
+    near = copy.deepcopy(record)
+    near['results'][2]['img_per_s'] *= 1.4 / 1.299
+    assert '| 1.299 |' in benchmark._targets_table(near, targets)[6]
     assert lines[10].startswith(
         '| 32 | peak training memory with_cp / without <= 0.70x | '
         'm with_cp (nchw) | m (nchw) | 0.50 | - | yes |')
