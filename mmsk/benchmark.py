@@ -1219,7 +1219,8 @@ def plot_record(record: dict, path: str) -> List[dict]:
                      [s[1] for p in panels for s in p['spreads'] if s])
     fig, axes = plt.subplots(
         len(panels), 1, figsize=(9, sum(heights) + 0.6),
-        gridspec_kw=dict(height_ratios=heights), squeeze=False)
+        gridspec_kw=dict(height_ratios=heights), squeeze=False,
+        layout='constrained')
     for ax, panel in zip(axes[:, 0], panels):
         labels = [label for label, _ in panel['bars']][::-1]
         ratios = [ratio for _, ratio in panel['bars']][::-1]
@@ -1243,7 +1244,6 @@ def plot_record(record: dict, path: str) -> List[dict]:
     fig.suptitle(f"{machine['cpu']}, {machine['threads']} threads, "
                  f"batch {record['options']['batch']}, device "
                  f"{machine['device']}", fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return panels
