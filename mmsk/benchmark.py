@@ -1256,21 +1256,54 @@ def default_stem(opts: Options) -> str:
             f"{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def load_record(path: str) -> dict:
-    """A record written by :func:`write_record` (its ``.json``), for
-    ``run_benchmark(previous=...)``; ``ValueError`` naming the problem."""
+#: what :func:`markdown` and :func:`plot_record` read from a record
+REPORT_KEYS = ('command', 'machine', 'versions', 'options', 'comparisons',
+               'parity', 'results', 'date')
+
+
+def read_record(path: str, use: str = 'report') -> dict:
+    """A record written by :func:`write_record` (its ``.json``);
+    ``ValueError`` naming the problem, prefixed with ``use``."""
     try:
         with open(path) as f:
             record = json.load(f)
     except OSError as e:
-        raise ValueError(f'resume: cannot read {path}: {e.strerror}') from e
+        raise ValueError(f'{use}: cannot read {path}: {e.strerror}') from e
     except ValueError as e:
-        raise ValueError(f'resume: {path} is not JSON ({e}); give the .json '
+        raise ValueError(f'{use}: {path} is not JSON ({e}); give the .json '
                          'that a benchmark run wrote') from e
-    if not isinstance(record, dict) or 'done' not in record:
+    if not isinstance(record, dict):
+        raise ValueError(f'{use}: {path} is not a benchmark record (a JSON '
+                         f'{type(record).__name__}, not an object)')
+    return record
+
+
+def load_record(path: str) -> dict:
+    """A record written by :func:`write_record` (its ``.json``), for
+    ``run_benchmark(previous=...)``; ``ValueError`` naming the problem."""
+    record = read_record(path, 'resume')
+    if 'done' not in record:
         raise ValueError(f'resume: {path} is not a benchmark record that '
                          'can be continued (no "done" list)')
     return record
+
+
+def report_record(path: str, out_dir: Optional[str] = None,
+                  stem: Optional[str] = None, plot: bool = False):
+    """Write the report of a stored record again, with this version's
+    tables (e.g. the Targets table): ``STEM.md`` (and with ``plot`` the
+    ``.png``) beside its ``.json`` (or in ``out_dir`` / as ``stem``), and the
+    ``.json`` with the new markdown; the timings are not touched. Returns
+    the paths of the .md and the .json."""
+    record = read_record(path)
+    missing = [k for k in REPORT_KEYS if k not in record]
+    if missing:
+        raise ValueError(f'report: {path} is not a benchmark record '
+                         f'(missing: {", ".join(missing)})')
+    record['markdown'] = markdown(record)
+    return write_record(
+        record, osp.dirname(path) or '.' if out_dir is None else out_dir,
+        stem or osp.splitext(osp.basename(path))[0], plot)
 
 
 def write_record(record: dict, out_dir: str, stem: Optional[str] = None,

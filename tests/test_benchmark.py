@@ -219,8 +219,11 @@ def test_tool_smoke_run_writes_the_table(tmp_path, capsys):
     assert 'benchmark.py --models sknet18 --size 64' in record['command']
     (row, ) = [r for r in record['results'] if r['role'] == 'mmsk']
     assert row['img_per_s'] > 0 and row['layout'] == 'nchw'
-    assert '| sknet18 | mmsk/sknet18-timm (nchw) |' in (
-        tmp_path / 'smoke.md').read_text()
+    text = (tmp_path / 'smoke.md').read_text()
+    assert '| sknet18 | mmsk/sknet18-timm (nchw) |' in text
+    # the run's own check of the goal for this comparison and mode
+    assert '| 64 | inference speed >= 1.20x | mmsk/sknet18-timm (nchw) | ' \
+        'timm/skresnet18 (nchw) |' in text
     assert (tmp_path / 'smoke.png').read_bytes()[:4] == b'\x89PNG'
 
 
@@ -565,3 +568,38 @@ def test_targets_are_checked_against_the_run_with_each_repeat():
     assert lines[10].startswith(
         '| 32 | peak training memory with_cp / without <= 0.70x | '
         'm with_cp (nchw) | m (nchw) | 0.50 | - | yes |')
+
+
+def test_tool_report_writes_a_stored_records_report_again(tmp_path, capsys):
+    with open(f'{ROOT}/benchmarks/cpu_160_r4_deploy.json') as f:
+        stored = json.load(f)
+    old = dict(stored, markdown='# an older report')
+    path = tmp_path / 'old.json'
+    path.write_text(json.dumps(old))
+    assert run_tool('--report', str(path), '--plot') == 0
+    assert 'wrote ' in capsys.readouterr().out
+    md = (tmp_path / 'old.md').read_text()
+    assert md == benchmark.markdown(stored) + '\n' and '## Targets' in md
+    assert '| 160 | inference speed >= 1.30x | mmsk/sknet50 deploy' in md
+    new = json.loads(path.read_text())
+    assert new['results'] == stored['results'] and new['markdown'] == md[:-1]
+    assert (tmp_path / 'old.png').read_bytes()[:4] == b'\x89PNG'
+    # elsewhere, under another name
+    assert run_tool('--report', str(path), '--out-dir',
+                    str(tmp_path / 'out'), '--name', 'again') == 0
+    assert (tmp_path / 'out' / 'again.md').read_text() == md
+
+    def error(*args):
+        assert run_tool(*args) == 1
+        return capsys.readouterr().err
+
+    assert 'report: cannot read' in error('--report', str(tmp_path / 'no'))
+    (tmp_path / 'list.json').write_text('[1]')
+    assert 'not a benchmark record (a JSON list' in error(
+        '--report', str(tmp_path / 'list.json'))
+    (tmp_path / 'part.json').write_text('{"results": []}')
+    assert 'missing: command, machine' in error(
+        '--report', str(tmp_path / 'part.json'))
+    assert 'takes only --out-dir, --name and --plot; got --size, ' \
+        '--profile' in error('--report', str(path), '--size', '64',
+                             '--profile', 'sknet18')

@@ -7,6 +7,7 @@ mmpretrain and torchvision, same weights where a converter exists.
         [--deploy] [--with-cp] [--device cpu] [--threads 2]
         [--warmup 2] [--repeats 5] [--iters 1] [--out-dir benchmarks]
         [--resume benchmarks/benchmark_....json]
+    python tools/analysis_tools/benchmark.py --report RECORD.json [--plot]
 
 Writes benchmarks/benchmark_*.md and .json (machine, versions, command),
 after every comparison: an interrupted run keeps what it measured, and
@@ -22,11 +23,11 @@ import sys
 from mmsk.benchmark import (AMP_CHOICES, COMPARISONS, DEVICES,
                             LAYOUT_CHOICES, MODES, Options, ParityError,
                             default_stem, load_record, profile_model,
-                            run_benchmark, write_record)
+                            report_record, run_benchmark, write_record)
 from mmsk.utils import check_positive_int
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -79,6 +80,12 @@ def parse_args(argv=None):
         'are kept, the rest are run, and the record is rewritten in place '
         '(unless --out-dir / --name say otherwise)')
     parser.add_argument(
+        '--report', metavar='JSON',
+        help='instead of timing, write the report of a stored record again '
+        '(its .md, with --plot its .png) with this version\'s tables, e.g. '
+        'the Targets table; beside the .json unless --out-dir / --name say '
+        'otherwise')
+    parser.add_argument(
         '--profile', metavar='MODEL',
         help='instead of timing, profile one model (a key of the '
         'comparisons, e.g. sknet50 or timm/skresnext50_32x4d) at the first '
@@ -99,7 +106,22 @@ def parse_args(argv=None):
                         'over them)')
     parser.add_argument('--rows', type=int, default=12,
                         help='with --profile: how many rows (default 12)')
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+#: the options that go with --report
+REPORT_OPTIONS = ('report', 'out_dir', 'name', 'plot')
+
+
+def _set_options(args) -> list:
+    """The options given (set to other than their default), as flags."""
+    defaults = vars(build_parser().parse_args([]))
+    return ['--' + key.replace('_', '-') for key, value in vars(args).items()
+            if value != defaults[key]]
 
 
 TOOL = osp.relpath(osp.abspath(__file__))
@@ -157,6 +179,20 @@ def main(argv=None):
             raise ValueError('--resume and --plot go with a timing run; '
                              '--profile writes no record')
         check_positive_int('rows', args.rows)
+        if args.report:
+            extra = [flag for flag in _set_options(args)
+                     if flag[2:].replace('-', '_') not in REPORT_OPTIONS]
+            if extra:
+                raise ValueError(
+                    '--report writes the report of a stored record and '
+                    'takes only --out-dir, --name and --plot; got '
+                    f'{", ".join(extra)}')
+            md, js = report_record(args.report, args.out_dir, args.name,
+                                   args.plot)
+            print(f'wrote {md}' + (
+                f" and {osp.splitext(md)[0] + '.png'}" if args.plot else '') +
+                f' (and the report in {js})')
+            return 0
         if args.profile:
             models = opts.all_models()
             key = args.profile if args.profile in models else \
