@@ -1180,9 +1180,12 @@ def speed_ratios(record: dict) -> List[dict]:
     """One panel per size and mode: ``title``, ``bars``, each bar
     ``(label, mmsk / peer speed)``, the pairs and ratios of the tables, and
     ``spreads``, per bar the lowest and highest per-repeat ratio
-    (:func:`repeat_ratios`) or None."""
+    (:func:`repeat_ratios`) or None, and ``goals``, per bar the bound of its
+    speed target (:data:`TARGETS`) or None."""
     panels = []
     results = record['results']
+    goals = {(id(c['mine']), id(c['peer'])): c['target'].bound
+             for c in check_targets(record) if c['target'].kind == 'speed'}
     for size in sorted({r['size'] for r in results}):
         for mode in MODES:
             rows = [r for r in results if r['size'] == size and
@@ -1200,13 +1203,15 @@ def speed_ratios(record: dict) -> List[dict]:
                 bars=[(f'{_label(m)} / {_label(p)}',
                        m['img_per_s'] / p['img_per_s'])
                       for _, m, p in pairs],
-                spreads=spreads))
+                spreads=spreads,
+                goals=[goals.get((id(m), id(p))) for _, m, p in pairs]))
     return panels
 
 
 def plot_record(record: dict, path: str) -> List[dict]:
     """Bar charts of the speed ratios (mmsk / peer, 1 = as fast; whiskers:
-    the lowest and highest ratio within one repeat), one panel
+    the lowest and highest ratio within one repeat; red ticks: the goals of
+    :data:`TARGETS`), one panel
     per size and mode, as a PNG at ``path``; returns the panels."""
     import matplotlib
     matplotlib.use('Agg')
@@ -1216,7 +1221,8 @@ def plot_record(record: dict, path: str) -> List[dict]:
         raise ValueError('plot: the record has no timed pairs')
     heights = [0.8 + 0.3 * len(p['bars']) for p in panels]
     top = 1.15 * max([1.0] + [r for p in panels for _, r in p['bars']] +
-                     [s[1] for p in panels for s in p['spreads'] if s])
+                     [s[1] for p in panels for s in p['spreads'] if s] +
+                     [g for p in panels for g in p['goals'] if g])
     fig, axes = plt.subplots(
         len(panels), 1, figsize=(9, sum(heights) + 0.6),
         gridspec_kw=dict(height_ratios=heights), squeeze=False,
@@ -1226,12 +1232,21 @@ def plot_record(record: dict, path: str) -> List[dict]:
         ratios = [ratio for _, ratio in panel['bars']][::-1]
         ax.barh(labels, ratios, color=[
             'tab:green' if r >= 1 else 'tab:gray' for r in ratios])
-        # the lowest and highest ratio within one repeat
-        for y, (r, spread) in enumerate(zip(ratios, panel['spreads'][::-1])):
+        # the lowest and highest ratio within one repeat; the goal
+        for y, (r, spread, goal) in enumerate(zip(
+                ratios, panel['spreads'][::-1], panel['goals'][::-1])):
             if spread:
                 ax.errorbar(r, y, xerr=[[r - spread[0]], [spread[1] - r]],
                             fmt='none', ecolor='black', elinewidth=0.8,
                             capsize=2)
+            if goal:
+                ax.plot([goal, goal], [y - 0.42, y + 0.42],
+                        color='tab:red', linewidth=1.5,
+                        label='goal' if y == min(
+                            i for i, g in enumerate(panel['goals'][::-1])
+                            if g) else None)
+        if any(panel['goals']):
+            ax.legend(loc='lower right', fontsize=8)
         ax.axvline(1.0, color='black', linewidth=0.8)
         for y, (r, spread) in enumerate(zip(ratios,
                                             panel['spreads'][::-1])):

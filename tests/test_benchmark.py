@@ -584,6 +584,14 @@ def test_tool_report_writes_a_stored_records_report_again(tmp_path, capsys):
     new = json.loads(path.read_text())
     assert new['results'] == stored['results'] and new['markdown'] == md[:-1]
     assert (tmp_path / 'old.png').read_bytes()[:4] == b'\x89PNG'
+    # the plot marks each bar's goal: against a named peer, or against the
+    # faster peer of the run (timm's here), not the slower one
+    (panel, ) = benchmark.speed_ratios(stored)
+    goals = dict(zip([label for label, _ in panel['bars']], panel['goals']))
+    assert goals['mmsk/sknet50 / timm/skresnext50_32x4d'] == 1.3
+    assert goals['mmsk/sknet50 deploy / timm/resnext50_32x4d'] == 0.9
+    assert goals['mmsk/senet50 / timm/seresnet50'] == 1.1
+    assert goals['mmsk/senet50 / mmpretrain/seresnet50'] is None
     # elsewhere, under another name
     assert run_tool('--report', str(path), '--out-dir',
                     str(tmp_path / 'out'), '--name', 'again') == 0
