@@ -420,8 +420,12 @@ def test_resume_refuses_a_record_of_another_setup(tmp_path):
     with pytest.raises(ValueError, match='cannot read'):
         benchmark.load_record(str(tmp_path / 'missing.json'))
     (tmp_path / 'list.json').write_text('[1, 2]')
-    with pytest.raises(ValueError, match='not a benchmark record that can'):
+    with pytest.raises(ValueError, match=r'resume: .* is not a benchmark '
+                       r'record \(a JSON list'):
         benchmark.load_record(str(tmp_path / 'list.json'))
+    (tmp_path / 'old.json').write_text('{"results": []}')
+    with pytest.raises(ValueError, match='not a benchmark record that can'):
+        benchmark.load_record(str(tmp_path / 'old.json'))
 
 
 def test_tool_interrupted_run_tells_how_to_resume(tmp_path, capsys,
