@@ -1236,7 +1236,9 @@ def plot_record(record: dict, path: str) -> List[dict]:
         for y, (r, spread, goal) in enumerate(zip(
                 ratios, panel['spreads'][::-1], panel['goals'][::-1])):
             if spread:
-                ax.errorbar(r, y, xerr=[[r - spread[0]], [spread[1] - r]],
+                # (a single repeat can differ from r in the last bit)
+                ax.errorbar(r, y, xerr=[[max(r - spread[0], 0)],
+                                        [max(spread[1] - r, 0)]],
                             fmt='none', ecolor='black', elinewidth=0.8,
                             capsize=2)
             if goal:

@@ -615,3 +615,17 @@ def test_tool_report_writes_a_stored_records_report_again(tmp_path, capsys):
     assert 'takes only --out-dir, --name and --plot; got --size, ' \
         '--profile' in error('--report', str(path), '--size', '64',
                              '--profile', 'sknet18')
+
+
+def test_plot_of_a_single_repeat(tmp_path):
+    """With one repeat the ratio of the medians is that repeat's ratio, up
+    to the last bit: the whisker must not come out negative."""
+    record = dict(comparisons=['c'], parity=[], options=dict(batch=2),
+                  machine=dict(cpu='a CPU', threads=1, device='cpu'),
+                  results=[_row('m', 'mmsk', 'infer', [1.0]),
+                           _row('p', 'peer', 'infer', [1.5])])
+    record['results'][0]['img_per_s'] *= 1 + 1e-15
+    (panel, ) = benchmark.plot_record(record, str(tmp_path / 'one.png'))
+    (_, ratio), = panel['bars']
+    assert ratio > panel['spreads'][0][1]
+    assert (tmp_path / 'one.png').read_bytes()[:4] == b'\x89PNG'
