@@ -1228,32 +1228,28 @@ def plot_record(record: dict, path: str) -> List[dict]:
         gridspec_kw=dict(height_ratios=heights), squeeze=False,
         layout='constrained')
     for ax, panel in zip(axes[:, 0], panels):
-        labels = [label for label, _ in panel['bars']][::-1]
-        ratios = [ratio for _, ratio in panel['bars']][::-1]
-        ax.barh(labels, ratios, color=[
+        # bottom to top, so that the first pair is the top bar
+        bars = list(zip(panel['bars'], panel['spreads'],
+                        panel['goals']))[::-1]
+        ratios = [ratio for (_, ratio), _, _ in bars]
+        ax.barh([label for (label, _), _, _ in bars], ratios, color=[
             'tab:green' if r >= 1 else 'tab:gray' for r in ratios])
-        # the lowest and highest ratio within one repeat; the goal
-        for y, (r, spread, goal) in enumerate(zip(
-                ratios, panel['spreads'][::-1], panel['goals'][::-1])):
-            if spread:
+        ax.axvline(1.0, color='black', linewidth=0.8)
+        for y, ((_, r), spread, _) in enumerate(bars):
+            if spread:  # the lowest and highest ratio within one repeat
                 # (a single repeat can differ from r in the last bit)
                 ax.errorbar(r, y, xerr=[[max(r - spread[0], 0)],
                                         [max(spread[1] - r, 0)]],
                             fmt='none', ecolor='black', elinewidth=0.8,
                             capsize=2)
-            if goal:
-                ax.plot([goal, goal], [y - 0.42, y + 0.42],
-                        color='tab:red', linewidth=1.5,
-                        label='goal' if y == min(
-                            i for i, g in enumerate(panel['goals'][::-1])
-                            if g) else None)
-        if any(panel['goals']):
-            ax.legend(loc='lower right', fontsize=8)
-        ax.axvline(1.0, color='black', linewidth=0.8)
-        for y, (r, spread) in enumerate(zip(ratios,
-                                            panel['spreads'][::-1])):
             ax.text(max(r, spread[1]) if spread else r, y, f' {r:.2f}',
                     va='center', fontsize=8)
+        goals = [(y, g) for y, (_, _, g) in enumerate(bars) if g]
+        if goals:  # one artist: one legend entry
+            ax.vlines([g for _, g in goals], [y - 0.42 for y, _ in goals],
+                      [y + 0.42 for y, _ in goals], color='tab:red',
+                      linewidth=1.5, label='goal')
+            ax.legend(loc='lower right', fontsize=8)
         ax.set_xlim(0, top)  # one scale for all panels
         ax.set_title(f"speed mmsk / peer, {panel['title']}", fontsize=10)
         ax.tick_params(axis='y', labelsize=8)
