@@ -239,3 +239,36 @@ def test_spatial_mean_backward_is_a_broadcast_view_of_the_same_values(
         assert 'MeanBackward' in type(spatial_mean(x).grad_fn).__name__
     with torch.no_grad():
         assert torch.equal(spatial_mean(x), want)
+
+
+@pytest.mark.parametrize('source', ['nchw', 'channels_last', 'cl_chunk'])
+def test_phase_view_gradient_keeps_the_input_layout(source):
+    """PhaseConv2d's subsampled view: the gradient torch's slicing gives
+    (bit for bit), but in the memory format of the input (torch's slicing
+    backward writes NCHW), so that the sum with the other branch's gradient
+    and the ReLU backward run on one layout; plain slicing in the reference
+    forward and without gradients."""
+    from mmsk.models.layers import reference_forward
+    from mmsk.models.layers.phase_conv import phase_view
+    cl = torch.channels_last
+    base = torch.randn(2, 16, 9, 10)
+    if source != 'nchw':
+        base = base.contiguous(memory_format=cl)
+    base.requires_grad_()
+    x = base[:, 8:] if source == 'cl_chunk' else base
+    got = phase_view(x, 2, 3)
+    want = x[:, :, ::2, ::3]
+    assert torch.equal(got, want)
+    assert 'PhaseView' in type(got.grad_fn).__name__
+    g = torch.randn_like(want)
+    got_grad, = torch.autograd.grad(got, x, g)
+    want_grad, = torch.autograd.grad(want, x, g)
+    assert torch.equal(got_grad, want_grad)
+    assert got_grad.is_contiguous(
+        memory_format=torch.contiguous_format if source == 'nchw' else cl)
+    if source != 'nchw':  # what torch's own slicing backward gives
+        assert not want_grad.is_contiguous(memory_format=cl)
+    with reference_forward():
+        assert 'PhaseView' not in type(phase_view(x, 2, 3).grad_fn).__name__
+    with torch.no_grad():
+        assert phase_view(x, 2, 3).grad_fn is None
