@@ -615,6 +615,9 @@ def test_tool_report_writes_a_stored_records_report_again(tmp_path, capsys):
     assert 'takes only --out-dir, --name and --plot; got --size, ' \
         '--profile' in error('--report', str(path), '--size', '64',
                              '--profile', 'sknet18')
+    # an option given its default value is still refused
+    assert 'takes only --out-dir, --name and --plot; got --batch' in error(
+        '--batch', '16', '--report', str(path))
 
 
 def test_plot_of_a_single_repeat(tmp_path):

@@ -117,11 +117,14 @@ def parse_args(argv=None):
 REPORT_OPTIONS = ('report', 'out_dir', 'name', 'plot')
 
 
-def _set_options(args) -> list:
-    """The options given (set to other than their default), as flags."""
-    defaults = vars(build_parser().parse_args([]))
-    return ['--' + key.replace('_', '-') for key, value in vars(args).items()
-            if value != defaults[key]]
+def _given_options(argv: list) -> list:
+    """The options given on the command line, as flags (also those given
+    their default value)."""
+    parser = build_parser()
+    for action in parser._actions:  # no default: only what was given
+        action.default = argparse.SUPPRESS
+    return ['--' + key.replace('_', '-')
+            for key in vars(parser.parse_args(argv))]
 
 
 TOOL = osp.relpath(osp.abspath(__file__))
@@ -143,6 +146,8 @@ def _kept(saved: list, argv: list) -> str:
 
 
 def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
     args = parse_args(argv)
     opts = Options(
         comparisons=args.models,
@@ -161,8 +166,6 @@ def main(argv=None):
         repeats=args.repeats,
         iters=args.iters,
         memory=not args.no_memory)
-    if argv is None:
-        argv = sys.argv[1:]
     command = ' '.join(shlex.quote(a) for a in ['python', TOOL] + list(argv))
     saved = []  # the .md and .json written so far
     try:
@@ -180,7 +183,7 @@ def main(argv=None):
                              '--profile writes no record')
         check_positive_int('rows', args.rows)
         if args.report:
-            extra = [flag for flag in _set_options(args)
+            extra = [flag for flag in _given_options(argv)
                      if flag[2:].replace('-', '_') not in REPORT_OPTIONS]
             if extra:
                 raise ValueError(
