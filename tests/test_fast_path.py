@@ -319,3 +319,32 @@ def test_channels_last_step_touches_no_nchw_map(name, mode):
             if mode == 'train':
                 torch.autograd.backward(outs, grads)
     assert not found, '\n'.join(found)
+
+
+@pytest.mark.parametrize('name', sorted(BACKBONES))
+def test_per_sample_gradients_with_torch_func(name):
+    """``torch.func``'s transforms run only autograd functions written for
+    them: inside ``vmap(grad(...))`` (per-sample gradients, frozen
+    BatchNorm) the fast path runs plain ops, and each sample's gradient is
+    the one autograd gives for that sample alone."""
+    from torch.func import functional_call, grad, vmap
+    cl = torch.channels_last
+    torch.manual_seed(0)
+    model = build_backbone(_cfg(name, out_indices=_family(name).all_outputs))
+    model.init_weights()
+    randomize_bn(model)
+    model = model.to(memory_format=cl).eval()
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=cl)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+
+    def loss(p, sample):
+        outs = functional_call(model, p, (sample[None], ))
+        return sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum()
+                   for o in outs)
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(len(x)):
+        model.zero_grad()
+        loss(dict(model.named_parameters()), x[i]).backward()
+        for key, p in model.named_parameters():
+            _assert_close(per_sample[key][i], p.grad, 1e-4, f'{i}: {key}')

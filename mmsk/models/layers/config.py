@@ -28,14 +28,20 @@ def fast_path_enabled() -> bool:
     return _FAST_PATH
 
 
+_functorch_active = getattr(torch._C, '_are_functorch_transforms_active',
+                            lambda: False)
+
+
 def fast_eager_backward() -> bool:
     """Whether the fast path may shape the backward itself (custom autograd
     functions, saved-tensor hooks): the fast path is on, gradients are
     recorded, and the forward runs eagerly (not under ``torch.compile``,
-    which plans its own backward, nor under jit or fx tracing)."""
+    which plans its own backward, nor under jit or fx tracing, nor inside a
+    ``torch.func`` transform such as ``grad`` or ``vmap``, which runs only
+    autograd functions written for it)."""
     return fast_path_enabled() and torch.is_grad_enabled() and not (
         torch.compiler.is_compiling() or torch.jit.is_tracing()
-        or _is_fx_symbolic_tracing())
+        or _is_fx_symbolic_tracing() or _functorch_active())
 
 
 def set_fast_path(enabled: bool) -> None:
