@@ -348,3 +348,32 @@ def test_per_sample_gradients_with_torch_func(name):
         loss(dict(model.named_parameters()), x[i]).backward()
         for key, p in model.named_parameters():
             _assert_close(per_sample[key][i], p.grad, 1e-4, f'{i}: {key}')
+
+
+@pytest.mark.parametrize('name', sorted(BACKBONES))
+def test_forward_mode_ad_matches_the_reference(name):
+    """Forward-mode AD (``torch.autograd.forward_ad``) runs through the fast
+    path's autograd functions (their ``jvp``) and gives the tangents of the
+    plain reference forward."""
+    import torch.autograd.forward_ad as fwAD
+
+    from mmsk.models.layers import reference_forward
+    cl = torch.channels_last
+    torch.manual_seed(0)
+    model = build_backbone(_cfg(name, out_indices=_family(name).all_outputs))
+    model.init_weights()
+    randomize_bn(model)
+    model = model.to(memory_format=cl).eval()
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=cl)
+    tangent = torch.randn_like(x)
+
+    def tangents():
+        with fwAD.dual_level():
+            outs = model(fwAD.make_dual(x, tangent))
+            return [fwAD.unpack_dual(o).tangent for o in outs]
+
+    got = tangents()
+    with reference_forward():
+        want = tangents()
+    for i, (a, b) in enumerate(zip(got, want)):
+        _assert_close(a, b, 1e-5, f'tangent {i}')

@@ -41,6 +41,10 @@ class _SpatialMean(torch.autograd.Function):
     def backward(ctx, grad):
         return (grad / (ctx.shape[2] * ctx.shape[3])).expand(ctx.shape)
 
+    @staticmethod
+    def jvp(ctx, tangent):
+        return tangent.mean((2, 3), keepdim=True)  # forward-mode AD
+
 
 def spatial_mean(x: torch.Tensor) -> torch.Tensor:
     """Global average pooling ``x.mean((2, 3), keepdim=True)`` of a

@@ -52,6 +52,11 @@ class _PhaseView(torch.autograd.Function):
         out[:, :, ::sh, ::sw] = grad
         return out, None, None
 
+    @staticmethod
+    def jvp(ctx, tangent, *_):
+        sh, sw = ctx.phase  # forward-mode AD: the same view of the tangent
+        return tangent[:, :, ::sh, ::sw]
+
 
 def phase_view(x: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
     """``x[:, :, ::sh, ::sw]``; with gradients (mmsk's fast path, eager),
