@@ -377,3 +377,46 @@ def test_forward_mode_ad_matches_the_reference(name):
         want = tangents()
     for i, (a, b) in enumerate(zip(got, want)):
         _assert_close(a, b, 1e-5, f'tangent {i}')
+
+
+@pytest.mark.parametrize('name', sorted(BACKBONES))
+def test_double_backward_matches_the_reference(name):
+    """A gradient penalty (``autograd.grad(..., create_graph=True)`` of the
+    input and the weights, then backward through those gradients) gives the reference forward's second
+    derivatives: the fast path's autograd functions and its recomputed
+    outputs are differentiable in their backward. fp64, train mode (where
+    outputs are recomputed), within 1e-6 of the largest parameter gradient
+    (BatchNorm over two images leaves the second derivatives of some norm
+    biases as pure rounding noise, in the reference as much as in the fast
+    path)."""
+    from mmsk.models.layers import reference_forward
+    cl = torch.channels_last
+    torch.manual_seed(0)
+    model = build_backbone(_cfg(name, out_indices=_family(name).all_outputs))
+    model.init_weights()
+    randomize_bn(model)
+    model = model.double().to(memory_format=cl).train()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.double)
+    x = x.contiguous(memory_format=cl)
+
+    def run(m):
+        # the input's and the weights' gradients, as a penalty on both
+        # (the weights' gradients read what the forward kept or recomputes)
+        xx = x.clone().requires_grad_()
+        params = list(m.parameters())
+        g, *gp = torch.autograd.grad(
+            sum(o.pow(2).sum() for o in m(xx)), [xx] + params,
+            create_graph=True)
+        m.zero_grad()
+        (g.pow(2).sum() + sum(p.pow(2).sum() for p in gp)).backward()
+        return g.detach(), {k: p.grad for k, p in m.named_parameters()}
+
+    reference = copy.deepcopy(model)
+    got = run(model)
+    with reference_forward():
+        want = run(reference)
+    _assert_close(got[0], want[0], 1e-6, 'input gradient')
+    scale = max(grad.abs().max().item() for grad in want[1].values())
+    for key, grad in want[1].items():
+        diff = (got[1][key] - grad).abs().max().item()
+        assert diff <= 1e-6 * scale, f'{key}: {diff} > 1e-6 * {scale}'
