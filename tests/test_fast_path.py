@@ -274,6 +274,18 @@ def test_phase_view_gradient_keeps_the_input_layout(source):
         assert phase_view(x, 2, 3).grad_fn is None
 
 
+def _cl_model(name, mode, double=False):
+    """A backbone of the suite with all its outputs, random norm statistics
+    (no zero-init), in channels_last and in ``mode``."""
+    torch.manual_seed(0)
+    model = build_backbone(_cfg(name, out_indices=_family(name).all_outputs))
+    model.init_weights()
+    randomize_bn(model)
+    if double:
+        model = model.double()
+    return getattr(model.to(memory_format=torch.channels_last), mode)()
+
+
 def _nchw_maps(tensors):
     """Dense 4-D tensors in NCHW that are not also channels_last (a map with
     ``H = W = 1`` or ``C = 1`` is both)."""
@@ -294,10 +306,7 @@ def test_channels_last_step_touches_no_nchw_map(name, mode):
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
     cl = torch.channels_last
-    torch.manual_seed(0)
-    model = build_backbone(_cfg(name, out_indices=_family(name).all_outputs))
-    model.init_weights()
-    model = getattr(model.to(memory_format=cl), mode)()
+    model = _cl_model(name, mode)
     x = torch.randn(2, 3, 64, 64).contiguous(memory_format=cl)
     found = []
 
@@ -329,11 +338,7 @@ def test_per_sample_gradients_with_torch_func(name):
     the one autograd gives for that sample alone."""
     from torch.func import functional_call, grad, vmap
     cl = torch.channels_last
-    torch.manual_seed(0)
-    model = build_backbone(_cfg(name, out_indices=_family(name).all_outputs))
-    model.init_weights()
-    randomize_bn(model)
-    model = model.to(memory_format=cl).eval()
+    model = _cl_model(name, 'eval')
     x = torch.randn(2, 3, 32, 32).contiguous(memory_format=cl)
     params = {k: p.detach() for k, p in model.named_parameters()}
 
@@ -359,11 +364,7 @@ def test_forward_mode_ad_matches_the_reference(name):
 
     from mmsk.models.layers import reference_forward
     cl = torch.channels_last
-    torch.manual_seed(0)
-    model = build_backbone(_cfg(name, out_indices=_family(name).all_outputs))
-    model.init_weights()
-    randomize_bn(model)
-    model = model.to(memory_format=cl).eval()
+    model = _cl_model(name, 'eval')
     x = torch.randn(2, 3, 32, 32).contiguous(memory_format=cl)
     tangent = torch.randn_like(x)
 
@@ -391,11 +392,7 @@ def test_double_backward_matches_the_reference(name):
     path)."""
     from mmsk.models.layers import reference_forward
     cl = torch.channels_last
-    torch.manual_seed(0)
-    model = build_backbone(_cfg(name, out_indices=_family(name).all_outputs))
-    model.init_weights()
-    randomize_bn(model)
-    model = model.double().to(memory_format=cl).train()
+    model = _cl_model(name, 'train', double=True)
     x = torch.randn(2, 3, 64, 64, dtype=torch.double)
     x = x.contiguous(memory_format=cl)
 
