@@ -383,13 +383,13 @@ def test_forward_mode_ad_matches_the_reference(name):
 @pytest.mark.parametrize('name', sorted(BACKBONES))
 def test_double_backward_matches_the_reference(name):
     """A gradient penalty (``autograd.grad(..., create_graph=True)`` of the
-    input and the weights, then backward through those gradients) gives the reference forward's second
-    derivatives: the fast path's autograd functions and its recomputed
-    outputs are differentiable in their backward. fp64, train mode (where
-    outputs are recomputed), within 1e-6 of the largest parameter gradient
-    (BatchNorm over two images leaves the second derivatives of some norm
-    biases as pure rounding noise, in the reference as much as in the fast
-    path)."""
+    input and the weights, then backward through those gradients) gives the
+    reference forward's second derivatives: the fast path's autograd
+    functions and its recomputed outputs are differentiable in their
+    backward. fp64, train mode (where outputs are recomputed), within 1e-6
+    of the largest parameter gradient (BatchNorm over two images leaves the
+    second derivatives of some norm biases as pure rounding noise, in the
+    reference as much as in the fast path)."""
     from mmsk.models.layers import reference_forward
     cl = torch.channels_last
     model = _cl_model(name, 'train', double=True)
