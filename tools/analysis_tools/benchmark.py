@@ -169,19 +169,7 @@ def main(argv=None):
     command = ' '.join(shlex.quote(a) for a in ['python', TOOL] + list(argv))
     saved = []  # the .md and .json written so far
     try:
-        opts.validate()
-        if (args.reference or args.by_shape or args.by_conv) and \
-                not args.profile:
-            raise ValueError('--reference, --by-shape and --by-conv go '
-                             'with --profile')
-        if args.steps is not None and not args.profile:
-            raise ValueError('--steps goes with --profile (the timing runs '
-                             'take --repeats and --iters)')
-        check_positive_int('steps', 3 if args.steps is None else args.steps)
-        if (args.resume or args.plot) and args.profile:
-            raise ValueError('--resume and --plot go with a timing run; '
-                             '--profile writes no record')
-        check_positive_int('rows', args.rows)
+        # a stored record's report: no timing option applies
         if args.report:
             extra = [flag for flag in _given_options(argv)
                      if flag[2:].replace('-', '_') not in REPORT_OPTIONS]
@@ -196,6 +184,19 @@ def main(argv=None):
                 f" and {osp.splitext(md)[0] + '.png'}" if args.plot else '') +
                 f' (and the report in {js})')
             return 0
+        opts.validate()
+        if (args.reference or args.by_shape or args.by_conv) and \
+                not args.profile:
+            raise ValueError('--reference, --by-shape and --by-conv go '
+                             'with --profile')
+        if args.steps is not None and not args.profile:
+            raise ValueError('--steps goes with --profile (the timing runs '
+                             'take --repeats and --iters)')
+        check_positive_int('steps', 3 if args.steps is None else args.steps)
+        if (args.resume or args.plot) and args.profile:
+            raise ValueError('--resume and --plot go with a timing run; '
+                             '--profile writes no record')
+        check_positive_int('rows', args.rows)
         if args.profile:
             models = opts.all_models()
             key = args.profile if args.profile in models else \
