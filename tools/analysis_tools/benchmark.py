@@ -117,14 +117,16 @@ def parse_args(argv=None):
 REPORT_OPTIONS = ('report', 'out_dir', 'name', 'plot')
 
 
-def _given_options(argv: list) -> list:
-    """The options given on the command line, as flags (also those given
-    their default value)."""
+def _given_options(argv: list) -> dict:
+    """The options given on the command line (also those given their
+    default value), ``{dest: flag}``."""
     parser = build_parser()
+    flags = {}
     for action in parser._actions:  # no default: only what was given
         action.default = argparse.SUPPRESS
-    return ['--' + key.replace('_', '-')
-            for key in vars(parser.parse_args(argv))]
+        if action.option_strings:
+            flags[action.dest] = action.option_strings[-1]
+    return {dest: flags[dest] for dest in vars(parser.parse_args(argv))}
 
 
 TOOL = osp.relpath(osp.abspath(__file__))
@@ -171,8 +173,8 @@ def main(argv=None):
     try:
         # a stored record's report: no timing option applies
         if args.report:
-            extra = [flag for flag in _given_options(argv)
-                     if flag[2:].replace('-', '_') not in REPORT_OPTIONS]
+            extra = [flag for dest, flag in _given_options(argv).items()
+                     if dest not in REPORT_OPTIONS]
             if extra:
                 raise ValueError(
                     '--report writes the report of a stored record and '
