@@ -1208,6 +1208,20 @@ def speed_ratios(record: dict) -> List[dict]:
     return panels
 
 
+def plot_title(record: dict) -> str:
+    """The line above :func:`plot_record`'s panels: the machine and the
+    options that change every figure (precision, compilation)."""
+    machine, opts = record['machine'], record['options']
+    parts = [machine['cpu'], f"{machine['threads']} threads",
+             f"batch {opts['batch']}"]
+    if opts.get('amp', 'none') != 'none':
+        parts.append(f"{opts['amp']} autocast")
+    if opts.get('compile'):
+        parts.append('eager and torch.compile')
+    parts.append(f"device {machine['device']}")
+    return ', '.join(parts)
+
+
 def plot_record(record: dict, path: str) -> List[dict]:
     """Bar charts of the speed ratios (mmsk / peer, 1 = as fast; whiskers:
     the lowest and highest ratio within one repeat; red ticks: the goals of
@@ -1253,10 +1267,7 @@ def plot_record(record: dict, path: str) -> List[dict]:
         ax.set_xlim(0, top)  # one scale for all panels
         ax.set_title(f"speed mmsk / peer, {panel['title']}", fontsize=10)
         ax.tick_params(axis='y', labelsize=8)
-    machine = record['machine']
-    fig.suptitle(f"{machine['cpu']}, {machine['threads']} threads, "
-                 f"batch {record['options']['batch']}, device "
-                 f"{machine['device']}", fontsize=9)
+    fig.suptitle(plot_title(record), fontsize=9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return panels

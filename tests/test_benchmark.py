@@ -632,3 +632,16 @@ def test_plot_of_a_single_repeat(tmp_path):
     (_, ratio), = panel['bars']
     assert ratio > panel['spreads'][0][1]
     assert (tmp_path / 'one.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_plot_title_names_precision_and_compile():
+    """A plot read on its own says what it measured: bf16 and compiled
+    records are not fp32 eager ones."""
+    record = dict(options=dict(batch=16, amp='none', compile=False),
+                  machine=dict(cpu='AMD EPYC', threads=2, device='cpu'))
+    assert benchmark.plot_title(record) == \
+        'AMD EPYC, 2 threads, batch 16, device cpu'
+    record['options'].update(amp='bf16', compile=True)
+    assert benchmark.plot_title(record) == (
+        'AMD EPYC, 2 threads, batch 16, bf16 autocast, '
+        'eager and torch.compile, device cpu')
