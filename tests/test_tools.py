@@ -123,3 +123,40 @@ def test_dist_scripts_two_processes_on_cpu(tmp_path):
                           timeout=600)
     assert test.returncode == 0, test.stderr[-3000:]
     assert re.search(r'accuracy/top1: \d', test.stdout + test.stderr)
+
+
+def _anchors(markdown: str) -> set:
+    """GitHub's anchors of a markdown file's headings."""
+    anchors = set()
+    for heading in re.findall(r'^#+ (.+)$', markdown, flags=re.M):
+        slug = re.sub(r'[^\w\- ]', '', heading.strip().lower())
+        anchors.add(slug.replace(' ', '-'))
+    return anchors
+
+
+def test_relative_links_in_the_docs_resolve():
+    """Every relative link of the READMEs and docs names a file of the
+    repository (a benchmark record, a figure, a config), and its
+    ``#anchor``, if any, a heading of that file."""
+    from pathlib import Path
+    root = Path(ROOT)
+    docs = [root / 'README.md', root / 'benchmarks' / 'README.md',
+            *sorted((root / 'docs').glob('*.md')),
+            *sorted((root / 'configs').glob('*/README.md'))]
+    broken, checked = [], 0
+    for doc in docs:
+        text = doc.read_text()
+        for target in re.findall(r'\]\(([^)\s]+)\)', text):
+            if re.match(r'[a-z]+:', target):
+                continue  # https://, mailto:
+            path, _, anchor = target.partition('#')
+            linked = (doc.parent / path) if path else doc
+            checked += 1
+            if not linked.exists():
+                broken.append(f'{doc.relative_to(root)}: {target}')
+            elif anchor and linked.suffix == '.md' and \
+                    anchor not in _anchors(linked.read_text()):
+                broken.append(f'{doc.relative_to(root)}: {target} (no '
+                              f'heading #{anchor})')
+    assert checked > 20
+    assert not broken, broken
