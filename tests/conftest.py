@@ -1,4 +1,5 @@
 """Shared helpers of mmsk's test suite."""
+import contextlib
 import os
 import os.path as osp
 import subprocess
@@ -117,3 +118,46 @@ def convert_and_rebuild(tool, convert, name, src, dst, cli=False):
         convert(name, str(src), str(dst), progress=None)
     meta = torch.load(dst, weights_only=True)['meta']
     return init_model(Config.fromstring(meta['cfg'], '.py'), str(dst)).eval()
+
+
+@contextlib.contextmanager
+def cuda_autocast_policy():
+    """Inside a CPU ``torch.autocast``, the ops whose autocast policy differs
+    on CUDA follow CUDA's: ``softmax`` and ``sum`` run in fp32 when given
+    fp16 / bf16 inputs (on CPU they keep the input's dtype), and
+    ``group_norm`` takes fp32 inputs. What a GPU's mixed precision hands a
+    block, without a GPU."""
+    low = (torch.float16, torch.bfloat16)
+    below_autocast = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+
+    def softmax(x, dim, dtype=None):
+        with torch._C._ExcludeDispatchKeyGuard(below_autocast):
+            if dtype is None and x.dtype in low:
+                dtype = torch.float32
+            return torch.ops.aten.softmax.int(x, dim, dtype)
+
+    def sum_dim(x, dim, keepdim=False, dtype=None):
+        with torch._C._ExcludeDispatchKeyGuard(below_autocast):
+            if dtype is None and x.dtype in low:
+                dtype = torch.float32
+            return torch.ops.aten.sum.dim_IntList(x, dim, keepdim,
+                                                  dtype=dtype)
+
+    def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5,
+                   cudnn_enabled=True):
+        def fp32(t):
+            return t.float() if t is not None and t.dtype in low else t
+
+        with torch._C._ExcludeDispatchKeyGuard(below_autocast):
+            return torch.ops.aten.group_norm(fp32(x), num_groups,
+                                             fp32(weight), fp32(bias), eps,
+                                             cudnn_enabled)
+
+    lib = torch.library.Library('aten', 'IMPL')
+    try:
+        lib.impl('softmax.int', softmax, 'AutocastCPU')
+        lib.impl('sum.dim_IntList', sum_dim, 'AutocastCPU')
+        lib.impl('group_norm', group_norm, 'AutocastCPU')
+        yield
+    finally:
+        lib._destroy()

@@ -417,3 +417,77 @@ def test_double_backward_matches_the_reference(name):
     for key, grad in want[1].items():
         diff = (got[1][key] - grad).abs().max().item()
         assert diff <= 1e-6 * scale, f'{key}: {diff} > 1e-6 * {scale}'
+
+
+# --- mixed precision with a GPU's autocast policy ----------------------------
+
+
+def test_cuda_autocast_policy_emulation():
+    """The helper below does what CUDA's autocast does to softmax, sum and
+    group_norm, and nothing once it is left."""
+    from conftest import cuda_autocast_policy
+    x = torch.randn(2, 4, 3, 3)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        x = torch.nn.Conv2d(4, 4, 1)(x)  # bf16, as a conv hands it on
+        assert torch.softmax(x, 1).dtype == torch.bfloat16
+        with cuda_autocast_policy():
+            assert torch.softmax(x, 1).dtype == torch.float32
+            assert torch.nn.Softmax(dim=1)(x).dtype == torch.float32
+            assert x.sum(1).dtype == torch.float32
+            assert torch.nn.GroupNorm(2, 4)(x).dtype == torch.float32
+        assert torch.softmax(x, 1).dtype == torch.bfloat16
+        assert x.sum(1).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('name', sorted(BACKBONES))
+def test_mixed_precision_with_the_gpu_autocast_policy(name, dtype):
+    """AMP on a GPU runs the SK attention's softmax in fp32 while the
+    branches are fp16 / bf16 (CPU autocast keeps the softmax in the lower
+    precision, so CPU runs alone do not show it). Under that policy every
+    backbone trains (forward and backward, fp32 gradients that are finite)
+    on its fast path as on its reference path, and in eval mode its fast, reference and deploy forms
+    agree to the precision's rounding."""
+    from conftest import cuda_autocast_policy
+
+    from mmsk.models.layers import reference_forward
+    torch.manual_seed(0)
+    model = build_backbone(_cfg(name, out_indices=_family(name).all_outputs))
+    model.init_weights()
+    randomize_bn(model)
+    x = torch.randn(2, 3, 32, 32)
+
+    def run(m, grads=False):
+        xx = x.clone().requires_grad_(grads)
+        with torch.autocast('cpu', dtype=dtype), cuda_autocast_policy():
+            outs = m(xx)
+        if grads:
+            sum(o.float().pow(2).mean() for o in outs).backward()
+        return [o.detach().float() for o in outs]
+
+    train, train_reference = (copy.deepcopy(model).train() for _ in '12')
+    run(train, grads=True)
+    with reference_forward():
+        run(train_reference, grads=True)
+    for (key, param), ref in zip(train.named_parameters(),
+                                 train_reference.parameters()):
+        assert param.grad is not None, key
+        assert param.grad.dtype == torch.float32, key
+        # fp16 without loss scaling overflows in some deep configs (BatchNorm
+        # over two images), in the reference as much: finite where it is
+        if dtype == torch.bfloat16 or torch.isfinite(ref.grad).all():
+            assert torch.isfinite(param.grad).all(), key
+
+    model.eval()
+    fast = run(model)
+    with reference_forward():
+        reference = run(model)
+    deployed = copy.deepcopy(model)
+    deployed.switch_to_deploy()
+    folded = run(deployed)
+    # bf16 keeps ~3 significant digits, fp16 ~4, compounded over the depth
+    tol = 0.05 if dtype == torch.bfloat16 else 0.01
+    for i, (f, r, d) in enumerate(zip(fast, reference, folded)):
+        for what, got in (('fast', f), ('deploy', d)):
+            err = ((got - r).norm() / r.norm().clamp_min(1e-6)).item()
+            assert err < tol, f'output {i}, {what}: relative error {err:.3g}'

@@ -259,7 +259,13 @@ class SKConv(Deployable, BaseModule):
 
     def select(self, feats: list, weights: torch.Tensor) -> torch.Tensor:
         """The fast select step: ``sum_i w_i * u_i`` from the attention's
-        weights ``(B, M, C, 1, 1)`` (or ``(B, 1, C, 1, 1)`` collapsed)."""
+        weights ``(B, M, C, 1, 1)`` (or ``(B, 1, C, 1, 1)`` collapsed).
+
+        The weights take the branches' dtype: under autocast on a GPU the
+        softmax runs in fp32 while the branches are fp16 / bf16, and
+        ``lerp`` takes one dtype (a no-op in fp32 and under CPU autocast,
+        where the softmax keeps its input's dtype)."""
+        weights = weights.to(feats[0].dtype)
         if self.num_paths == 2:
             # w1 * u1 + w2 * u2 with w2 = 1 - w1: one pass, no 5-D stack
             return torch.lerp(feats[1], feats[0], weights[:, 0])
