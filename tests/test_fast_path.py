@@ -449,8 +449,8 @@ def test_mixed_precision_with_the_gpu_autocast_policy(name, dtype):
     branches are fp16 / bf16 (CPU autocast keeps the softmax in the lower
     precision, so CPU runs alone do not show it). Under that policy every
     backbone trains (forward and backward, fp32 gradients that are finite)
-    on its fast path as on its reference path, and in eval mode its fast, reference and deploy forms
-    agree to the precision's rounding."""
+    on its fast path as on its reference path, and in eval mode its fast,
+    reference and deploy forms agree to the precision's rounding."""
     from conftest import cuda_autocast_policy
 
     from mmsk.models.layers import reference_forward
