@@ -130,18 +130,19 @@ def cuda_autocast_policy():
     low = (torch.float16, torch.bfloat16)
     below_autocast = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
 
+    def fp32_unless_given(x, dtype):
+        # CUDA's "fp32_set_opt_dtype" ops: fp32 when no dtype is asked for
+        return torch.float32 if dtype is None and x.dtype in low else dtype
+
     def softmax(x, dim, dtype=None):
         with torch._C._ExcludeDispatchKeyGuard(below_autocast):
-            if dtype is None and x.dtype in low:
-                dtype = torch.float32
-            return torch.ops.aten.softmax.int(x, dim, dtype)
+            return torch.ops.aten.softmax.int(x, dim,
+                                              fp32_unless_given(x, dtype))
 
     def sum_dim(x, dim, keepdim=False, dtype=None):
         with torch._C._ExcludeDispatchKeyGuard(below_autocast):
-            if dtype is None and x.dtype in low:
-                dtype = torch.float32
-            return torch.ops.aten.sum.dim_IntList(x, dim, keepdim,
-                                                  dtype=dtype)
+            return torch.ops.aten.sum.dim_IntList(
+                x, dim, keepdim, dtype=fp32_unless_given(x, dtype))
 
     def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5,
                    cudnn_enabled=True):

@@ -468,7 +468,8 @@ def test_mixed_precision_with_the_gpu_autocast_policy(name, dtype):
             sum(o.float().pow(2).mean() for o in outs).backward()
         return [o.detach().float() for o in outs]
 
-    train, train_reference = (copy.deepcopy(model).train() for _ in '12')
+    train = copy.deepcopy(model).train()
+    train_reference = copy.deepcopy(model).train()
     run(train, grads=True)
     with reference_forward():
         run(train_reference, grads=True)
