@@ -1353,10 +1353,6 @@ def write_record(record: dict, out_dir: str, stem: Optional[str] = None,
     return md, js
 
 
-if __name__ == '__main__':
-    _memory_worker()
-
-
 # --- where the time goes ---------------------------------------------------
 
 
@@ -1522,3 +1518,7 @@ def profile_model(spec: dict, size: int, opts: Options, mode: str = 'train',
         table += ('\n\nConvolutions by kind:\n\n'
                   + conv_table(conv_events(prof.events()), steps))
     return table
+
+
+if __name__ == '__main__':
+    _memory_worker()
