@@ -14,12 +14,15 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def run_python(code=None, args=(), timeout=600, cwd=ROOT, check=True):
-    """Run Python in a fresh interpreter (nothing imported beforehand)."""
+def run_python(code=None, args=(), timeout=600, cwd=ROOT, check=True,
+               env=None):
+    """Run Python in a fresh interpreter (nothing imported beforehand);
+    ``env``: variables to set in it besides this process's."""
     cmd = [sys.executable] + (['-c', code] if code is not None else []) + \
         list(args)
     proc = subprocess.run(
-        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=None if env is None else {**os.environ, **env})
     if check and proc.returncode != 0:
         raise AssertionError(f'{cmd[:4]} failed ({proc.returncode}):\n'
                              f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')

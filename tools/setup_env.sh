@@ -13,6 +13,9 @@ PYTHON="${PYTHON:-python3}"
 CACHE="${MMSK_CACHE:-$HOME/.cache/mmsk}"
 MMCV_VERSION=2.1.0
 MMDEPLOY_VERSION=1.3.1
+# mmcv-lite (pure Python, no mmcv.ops) beside the full build, in its own
+# folder that only tests/test_mmcv_lite.py puts on the path
+MMCV_LITE_DIR="$VENV/mmcv-lite"
 STAMP="$VENV/.mmsk-setup-stamp"
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -28,7 +31,8 @@ CONSTRAINTS=(-c "$ROOT/requirements/constraints.txt")
 # Hash of everything that decides what gets installed: a changed pin reruns.
 want="$(cat "$ROOT/requirements/"*.txt "$ROOT/tools/setup_env.sh" | sha256sum | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
-   && "$PY" -c 'import mmcv.ops, mmsk' >/dev/null 2>&1; then
+   && "$PY" -c 'import mmcv.ops, mmsk' >/dev/null 2>&1 \
+   && [ -f "$MMCV_LITE_DIR/mmcv/version.py" ]; then
   log "environment is up to date ($VENV)"
   exit 0
 fi
@@ -61,6 +65,10 @@ if ! "$PY" -c "import mmcv, mmcv.ops, sys; sys.exit(mmcv.__version__ != '$MMCV_V
   # mmcv's own runtime needs (no torch, no build).
   "${PIP[@]}" install -q "${CONSTRAINTS[@]}" addict packaging pillow pyyaml yapf opencv-python
 fi
+
+log "installing mmcv-lite $MMCV_VERSION into $MMCV_LITE_DIR (for the tests)"
+rm -rf "$MMCV_LITE_DIR"
+"${PIP[@]}" install -q --no-deps --target "$MMCV_LITE_DIR" "mmcv-lite==$MMCV_VERSION"
 
 log "installing the OpenMMLab stack, references and test tools"
 "${PIP[@]}" install -q "${CONSTRAINTS[@]}" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
