@@ -15,7 +15,6 @@ package there, and check that
 mmdet and mmseg import ``mmcv.ops`` and need the full mmcv; that is their
 requirement, not mmsk's.
 """
-import copy
 import os.path as osp
 import sys
 
@@ -23,7 +22,7 @@ import torch
 
 from conftest import (MAIN_CONFIG, ROOT, TINY_OPTIONS, build_backbone,
                       randomize_bn, run_python)
-from test_backbones import BACKBONES, FAMILIES
+from test_backbones import BACKBONES, _cfg, _family
 
 LITE = osp.join(sys.prefix, 'mmcv-lite')
 TESTS = osp.join(ROOT, 'tests')
@@ -46,9 +45,7 @@ assert importlib.util.find_spec('mmcv._ext') is None, 'mmcv has its ops'
 
 
 def all_outputs(name):
-    cfg = copy.deepcopy(BACKBONES[name])
-    cfg['out_indices'] = FAMILIES[cfg['type']].all_outputs
-    return cfg
+    return _cfg(name, out_indices=_family(name).all_outputs)
 
 
 def outputs_and_grads(states: dict, x: torch.Tensor) -> dict:
