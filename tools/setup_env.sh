@@ -2,7 +2,7 @@
 # Create (or refresh) the .venv that mmsk's main job, tools and tests run in.
 #
 # Safe to rerun: every step is skipped when its result is already there, and
-# the mmcv wheel (full build with CPU ops, ~11 min on 2 cores) is cached under
+# the mmcv wheel (full build with CPU ops, 11-25 min on 2 cores) is cached under
 # ${MMSK_CACHE:-~/.cache/mmsk} so that a second set-up, or a second clone,
 # reuses it.
 set -euo pipefail
@@ -47,7 +47,7 @@ if ! "$PY" -c "import mmcv, mmcv.ops, sys; sys.exit(mmcv.__version__ != '$MMCV_V
   torch_tag="$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')"
   wheel_dir="$CACHE/mmcv-$MMCV_VERSION-torch$torch_tag"
   if ! ls "$wheel_dir"/mmcv-*.whl >/dev/null 2>&1; then
-    log "building mmcv $MMCV_VERSION with CPU ops (about 11 minutes on 2 cores; cached in $wheel_dir)"
+    log "building mmcv $MMCV_VERSION with CPU ops (11-25 minutes on 2 cores; cached in $wheel_dir)"
     work="$(mktemp -d)"
     trap 'rm -rf "$work"' EXIT
     "${PIP[@]}" download -q --no-deps --no-binary=:all: "mmcv==$MMCV_VERSION" -d "$work"
