@@ -3,6 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/sknet/sknet18-cifar_1xb64_mnist5k.py
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test`; TEST_WORKERS=0 runs the suite in this
+# process, one test after the other.
+TEST_WORKERS ?= 2
 
 .PHONY: setup main test
 
@@ -15,4 +18,4 @@ main: setup
 
 # The test suite.
 test: setup
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
