@@ -10,15 +10,15 @@ import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-# Keep the 2-core CI fast and deterministic. Under pytest-xdist (`make test`
-# runs one worker per core) each worker takes its share of the cores, and so
-# do the Python subprocesses that the tests start, unless the caller set
-# OMP_NUM_THREADS: workers that each ask for every core slow each other down.
+# Keep the 2-core CI fast and deterministic: at most 2 torch threads. Under
+# pytest-xdist (`make test` runs two workers, one per core of the CI) each
+# worker takes its share of the cores, and so do the Python subprocesses that
+# its tests start: workers that each ask for every core slow each other down.
 WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
-THREADS = max(1, min(2, os.cpu_count() or 1) // WORKERS)
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
 torch.set_num_threads(THREADS)
 if WORKERS > 1:
-    os.environ.setdefault('OMP_NUM_THREADS', str(THREADS))
+    os.environ['OMP_NUM_THREADS'] = str(THREADS)
 
 
 def run_python(code=None, args=(), timeout=600, cwd=ROOT, check=True,

@@ -160,3 +160,17 @@ def test_relative_links_in_the_docs_resolve():
                               f'heading #{anchor})')
     assert checked > 20
     assert not broken, broken
+
+
+def test_test_workers_share_the_cores():
+    """Under `make test`'s pytest-xdist workers, no worker, and no Python
+    subprocess that a test starts, asks for more than its share of the
+    cores; in one process, torch keeps at most 2 threads."""
+    import torch
+
+    from conftest import WORKERS
+    cores = os.cpu_count() or 1
+    assert 1 <= torch.get_num_threads() <= min(2, max(1, cores // WORKERS))
+    if WORKERS > 1:
+        child = run_python('import torch; print(torch.get_num_threads())')
+        assert int(child.stdout) == torch.get_num_threads()
