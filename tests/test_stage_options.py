@@ -91,7 +91,7 @@ def test_stage_channels_and_final_conv():
     (dict(stem_pool='none'), 'stem_pool'),
     (dict(stage_channels=(32, 64)), 'stage_channels'),
     (dict(stage_channels=(32, 64, 96, 0)), 'stage_channels'),
-    (dict(stage_channels=(32, 64, 96, 90)), 'out_channels'),
+    (dict(stage_channels=(32, 64, 96, 90)), 'stage_channels'),
     (dict(final_conv_channels=-1), 'final_conv_channels'),
 ])
 def test_invalid_options_name_themselves(options, option):

@@ -166,6 +166,7 @@ def _block_cases():
     from mmsk.models.backbones import (BasicBlock, Bottleneck, Res2Bottleneck,
                                        SEBasicBlock, SEBottleneck,
                                        SKBasicBlock, SKBottleneck)
+    from mmsk.models.backbones.resnet import ResLayer
     from mmsk.models.layers import (ChannelAttention, Res2Conv, SEAttention,
                                     SKAttention, SKConv)
     return [
@@ -193,6 +194,10 @@ def _block_cases():
         (SEAttention, (8, ), dict(reduction='16'), 'reduction'),
         (Res2Conv, (16, ), dict(stage_first='no'), 'stage_first'),
         (Res2Conv, (16, ), dict(scales=1), 'scales'),
+        (ResLayer, (BasicBlock, 2, 8, 16), dict(avg_down='no', stride=2),
+         'avg_down'),
+        (ResLayer, (BasicBlock, 0, 8, 8), {}, 'num_blocks'),
+        (ResLayer, ('BasicBlock', 2, 8, 8), {}, 'block'),
     ]
 
 
@@ -259,6 +264,13 @@ def test_out_indices_take_any_sequence(type_name):
      r"SKNet got unknown sk_cfg key 'reductoin' \(did you mean reduction"),
     (dict(type='SENet', depth=18, se_cfg=dict(ratio=8)),
      r"SENet got unknown se_cfg key 'ratio'"),
+    # SKConv arguments that the blocks set: named with where they are set
+    (dict(type='SKNet', depth=18, sk_cfg=dict(act_cfg=dict(type='SiLU'))),
+     r"SKNet got unknown sk_cfg key 'act_cfg' \(SKNet's act_cfg applies"),
+    (dict(type='SKNet', depth=50, sk_cfg=dict(norm_cfg=dict(type='BN'))),
+     r"'norm_cfg' \(SKNet's norm_cfg applies .*attn_norm_cfg"),
+    (dict(type='SKNet', depth=50, sk_cfg=dict(groups=2, stride=2)),
+     r"'groups' \(set by SKNet's groups\), 'stride' \(set by the block"),
 ])
 def test_unknown_options_are_named_at_the_backbone(cfg, pattern):
     with pytest.raises(TypeError, match=pattern) as info:
@@ -373,3 +385,212 @@ def test_sync_bn_on_cpu_in_a_distributed_run_says_what_to_do(tmp_path):
         frozen(x)
     finally:
         dist.destroy_process_group()
+
+
+# ------------------------------------------------- layer configs by kind
+@pytest.mark.parametrize('type_name', TYPES)
+@pytest.mark.parametrize('key,cfg,pattern', [
+    ('norm_cfg', dict(type='GN'), 'GroupNorm needs num_groups'),
+    ('norm_cfg', dict(type='ReLU'), "'ReLU' is an activation layer, not a "
+     'norm layer'),
+    ('norm_cfg', dict(type='LN'), 'LayerNorm normalises the last dimension'
+     '.*LN2d'),
+    ('act_cfg', dict(type='BN'), "'BN' is a norm layer, not an activation"),
+    ('conv_cfg', dict(type='BN'), "'BN' is a norm layer, not a conv layer"),
+    ('conv_cfg', dict(type='ReLU'), "'ReLU' is an activation layer, not a "
+     'conv layer'),
+])
+def test_layer_cfgs_of_another_kind_are_refused(type_name, key, cfg,
+                                                pattern):
+    """A norm where an activation goes (or GN without its groups) fails at
+    the option, not inside mmcv with an argument the user never passed."""
+    with pytest.raises(ValueError, match=pattern) as info:
+        build_backbone(_cfg(FIRST_OF_EACH[type_name], **{key: cfg}))
+    assert f'{type_name}: {key}' in str(info.value)
+
+
+@pytest.mark.parametrize('type_name', TYPES)
+def test_layer_cfgs_of_the_right_kind_still_build(type_name):
+    x = torch.rand(2, 3, 64, 64)  # InstanceNorm needs more than a 1x1 map
+    # SK: InstanceNorm only on the maps (see the test below)
+    extra = dict(sk_cfg=dict(attn_norm_cfg=dict(type='BN'))) \
+        if type_name == 'SKNet' else {}
+    for options in [dict(norm_cfg=dict(type='GN', num_groups=1)),
+                    dict(norm_cfg=dict(type='IN', affine=True), **extra),
+                    dict(act_cfg=dict(type='SiLU')),
+                    dict(act_cfg=dict(type='HSwish')),
+                    dict(conv_cfg=dict(type='ConvWS'))]:
+        model = build_backbone(_cfg(FIRST_OF_EACH[type_name], **options))
+        model.train()(x)
+
+
+def test_instance_norm_is_refused_on_the_pooled_descriptor():
+    """The attention normalises a 1x1 map: InstanceNorm has one value per
+    channel there and fails in every forward."""
+    with pytest.raises(ValueError, match=r'SKConv: .*is an InstanceNorm'
+                       r'.*1x1 .*attn_norm_cfg=None'):
+        build_backbone(_cfg(FIRST_OF_EACH['SKNet'],
+                            norm_cfg=dict(type='IN')))
+    build_backbone(_cfg(FIRST_OF_EACH['SKNet'], norm_cfg=dict(type='IN'),
+                        sk_cfg=dict(attn_norm_cfg=None)))
+
+
+def test_the_sk_attention_norm_is_checked_by_kind():
+    from mmsk.models.layers import SKConv
+    with pytest.raises(ValueError, match=r'SKConv: attn_norm_cfg .*'
+                       'GroupNorm needs num_groups'):
+        SKConv(64, 64, attn_norm_cfg=dict(type='GN'))
+    with pytest.raises(ValueError, match="SEAttention: gate_cfg type 'BN' "
+                       'is a norm layer'):
+        from mmsk.models.layers import SEAttention
+        SEAttention(16, gate_cfg=dict(type='BN'))
+    SKConv(64, 64, attn_norm_cfg=dict(type='GN', num_groups=4))
+
+
+# ------------------------------------------------------- finite numbers
+@pytest.mark.parametrize('cfg,key', [
+    (dict(type='InvertedResidualNet', widen_factor=float('inf')),
+     'widen_factor'),
+    (dict(type='InvertedResidualNet', widen_factor=float('nan')),
+     'widen_factor'),
+    (dict(type='InvertedResidualNet', depth_multiplier=float('inf')),
+     'depth_multiplier'),
+    (dict(type='SKNet', depth=18, sk_cfg=dict(reduction=float('inf'))),
+     'reduction'),
+    (dict(type='SENet', depth=18, se_cfg=dict(reduction=float('nan'))),
+     'reduction'),
+])
+def test_nan_and_inf_are_refused(cfg, key):
+    with pytest.raises(ValueError, match=rf'{key} must be a finite number'):
+        build_backbone(cfg)
+
+
+# ---------------------------------------------------- blocks and shortcuts
+def _shortcut_blocks():
+    from mmsk.models.backbones import (BasicBlock, Bottleneck, Res2Bottleneck,
+                                       SEBasicBlock, SEBottleneck,
+                                       SKBasicBlock, SKBottleneck)
+    return [(BasicBlock, 8), (SEBasicBlock, 8), (SKBasicBlock, 32),
+            (Bottleneck, 32), (SEBottleneck, 64), (SKBottleneck, 64),
+            (Res2Bottleneck, 64)]
+
+
+@pytest.mark.parametrize('index', range(7))
+def test_blocks_refuse_an_identity_shortcut_that_cannot_be_added(index):
+    from torch import nn
+    cls, channels = _shortcut_blocks()[index]
+    for args, options in [((channels, 2 * channels), {}),
+                          ((channels, channels), dict(stride=2))]:
+        with pytest.raises(ValueError, match=rf'{cls.__name__}: .*identity '
+                           'shortcut .*pass a downsample'):
+            cls(*args, **options)
+    # with the projection, as ResLayer builds it, the block runs
+    projection = nn.Sequential(
+        nn.Conv2d(channels, 2 * channels, 1, stride=2, bias=False),
+        nn.BatchNorm2d(2 * channels))
+    block = cls(channels, 2 * channels, stride=2, downsample=projection)
+    assert block(torch.rand(2, channels, 8, 8)).shape == \
+        (2, 2 * channels, 4, 4)
+
+
+def test_res2conv_refuses_input_of_other_channels():
+    from mmsk.models.layers import Res2Conv
+    layer = Res2Conv(16, scales=4)
+    assert layer(torch.rand(2, 16, 8, 8)).shape == (2, 16, 8, 8)
+    # more channels used to be dropped, fewer reused a split or crashed
+    for channels in (20, 12, 8):
+        with pytest.raises(ValueError, match=r'Res2Conv expects input of '
+                           r'shape \(N, 16, H, W\) \(4 splits of 4\)'):
+            layer(torch.rand(2, channels, 8, 8))
+
+
+def test_options_that_would_be_ignored_are_refused():
+    from mmsk.models.layers import ChannelAttention
+    with pytest.raises(ValueError, match=r'ChannelAttention: gate_cfg '
+                       r'applies to one path; with num_paths=2 .*softmax'):
+        ChannelAttention(8, num_paths=2, gate_cfg=dict(type='HSigmoid'))
+    with pytest.raises(ValueError, match=r'SKBottleneck: attn_position="mid"'
+                       r' places an attention, but attn_cfg is None'):
+        build_backbone(dict(type='SKNet', depth=50, attn_position='mid',
+                            stem_channels=8, base_channels=8))
+
+
+def test_sk_branch_kernel_size_must_be_an_int():
+    from mmsk.models.layers import SKConv
+    with pytest.raises(ValueError, match=r'SKConv: branches\[0\]'
+                       r'.kernel_size must be an odd positive int, got True'):
+        SKConv(8, 8, branches=[dict(kernel_size=True), dict()])
+
+
+def test_num_stages_says_what_to_pass():
+    with pytest.raises(ValueError, match=r'SKNet: strides has 4 entries for '
+                       r'num_stages=3; .*strides=\(1, 2, 2\) and dilations='
+                       r'\(1, 1, 1\)'):
+        build_backbone(_cfg(FIRST_OF_EACH['SKNet'], num_stages=3))
+    model = build_backbone(_cfg(
+        FIRST_OF_EACH['SKNet'], num_stages=3, strides=(1, 2, 2),
+        dilations=(1, 1, 1), out_indices=(2, ))).eval()
+    with torch.no_grad():
+        assert len(model(torch.rand(1, 3, 32, 32))) == 1
+
+
+# ------------------------------------------- one image in train mode
+@pytest.mark.parametrize('type_name', TYPES)
+def test_one_image_in_train_mode_is_explained(type_name):
+    """BatchNorm cannot normalise the 1x1 map of one image: the error names
+    the backbone, the input and the ways out, not only torch's shape."""
+    # the SK attention's own BatchNorm has its own message (tested in
+    # test_layers); without it the maps' BatchNorm is reached
+    extra = dict(sk_cfg=dict(attn_norm_cfg=None)) if type_name == 'SKNet' \
+        else {}
+    model = build_backbone(_cfg(FIRST_OF_EACH[type_name], **extra)).train()
+    with pytest.raises(ValueError, match=rf'{type_name}: in train mode '
+                       r'BatchNorm .*a batch of one 32x32 image leaves a 1x1 '
+                       r'map .*norm_eval=True.*\[torch: Expected more than 1 '
+                       r'value per channel'):
+        model(torch.rand(1, 3, 32, 32))
+    model(torch.rand(2, 3, 32, 32))  # two images: fine
+    model(torch.rand(1, 3, 96, 96))  # one larger image: fine
+    with torch.no_grad():
+        model.eval()(torch.rand(1, 3, 32, 32))
+
+
+# ----------------------------------------------------- Pretrained init_cfg
+@pytest.mark.parametrize('init_cfg,pattern', [
+    (dict(type='Pretrained'), 'a Pretrained init_cfg needs checkpoint='),
+    (dict(type='Pretrained', checkpoint=None),
+     'checkpoint must be a path or URL as a str, got None'),
+    (dict(type='Pretrained', checkpoint='w.pth', prefix=1),
+     'prefix must be a str'),
+    (['Pretrained'], r'\[0\] must be a dict with a "type" key'),
+    (dict(checkpoint='w.pth'), 'must be a dict with a "type" key'),
+])
+def test_bad_init_cfg_is_refused_when_built(init_cfg, pattern):
+    for type_name in TYPES:
+        with pytest.raises(ValueError,
+                           match=rf'{type_name}: init_cfg.*{pattern}'):
+            build_backbone(_cfg(FIRST_OF_EACH[type_name], init_cfg=init_cfg))
+
+
+def test_pretrained_checkpoints_that_do_not_fit_are_explained(tmp_path):
+    model = build_backbone(_cfg(FIRST_OF_EACH['SENet']))
+    tensor, classifier = tmp_path / 'tensor.pth', tmp_path / 'cls.pth'
+    torch.save(torch.zeros(3), tensor)
+    torch.save({'state_dict': {f'backbone.{k}': v
+                               for k, v in model.state_dict().items()}},
+               classifier)
+
+    def init(**cfg):
+        build_backbone(_cfg(FIRST_OF_EACH['SENet'], init_cfg=dict(
+            type='Pretrained', **cfg))).init_weights()
+
+    with pytest.raises(ValueError, match=r"checkpoint '.*tensor.pth' holds "
+                       r'a Tensor, not a state dict'):
+        init(checkpoint=str(tensor))
+    with pytest.raises(ValueError, match=r"no keys under prefix 'head.'; "
+                       r"its keys start with \['backbone.'\]"):
+        init(checkpoint=str(classifier), prefix='head.')
+    with pytest.raises(ValueError, match=r"holds them under 'backbone.': "
+                       r"set prefix='backbone.'"):
+        init(checkpoint=str(classifier))
+    init(checkpoint=str(classifier), prefix='backbone')  # as MMEngine's

@@ -19,6 +19,7 @@ range raises ``ValueError``; a cfg whose ``type`` is not registered raises
 ``KeyError``.
 """
 import difflib
+import math
 from numbers import Integral, Real
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
@@ -94,7 +95,8 @@ def number_in(low: Optional[float] = None,
               high: Optional[float] = None,
               low_open: bool = False,
               high_open: bool = False) -> Checker:
-    """Checker of a real number (int or float, not bool) in a range."""
+    """Checker of a finite real number (int or float, not bool) in a
+    range; NaN and infinities are refused."""
     lo_bracket, hi_bracket = '(' if low_open else '[', ')' if high_open \
         else ']'
 
@@ -102,6 +104,9 @@ def number_in(low: Optional[float] = None,
         if not _is_number(value):
             raise OptionTypeError(f'{name} must be a number, got '
                                   f'{_given(value)}')
+        if not math.isfinite(value):
+            raise ValueError(f'{name} must be a finite number, got '
+                             f'{value!r}')
         too_low = low is not None and (value <= low if low_open else
                                        value < low)
         too_high = high is not None and (value >= high if high_open else
@@ -189,7 +194,7 @@ def optional(checker: Checker) -> Checker:
 
 
 # ---------------------------------------------------------- layer configs
-_FOUND_TYPES = set()
+_FOUND_TYPES = {}
 
 
 def _registered_types():
@@ -203,7 +208,9 @@ def _registered_types():
     return sorted(names)
 
 
-def _is_registered(type_name: str) -> bool:
+def _registered(type_name: str):
+    """The class registered as ``type_name`` in the current scope's or
+    mmsk's ``MODELS``, or None."""
     from mmengine.registry import DefaultScope
     from mmengine.registry import MODELS as ROOT
 
@@ -211,14 +218,26 @@ def _is_registered(type_name: str) -> bool:
     scope = DefaultScope.get_current_instance()
     key = (scope.scope_name if scope else None, type_name)
     if key in _FOUND_TYPES:
-        return True
+        return _FOUND_TYPES[key]
     with ROOT.switch_scope_and_registry(None) as registry:
         found = registry.get(type_name)
     if found is None:
         found = MODELS.get(type_name)
     if found is not None:
-        _FOUND_TYPES.add(key)
-    return found is not None
+        _FOUND_TYPES[key] = found
+    return found
+
+
+def registered_class(cfg: dict):
+    """The class a layer config builds (its ``type`` resolved as
+    :func:`check_cfg` does), or None."""
+    layer_type = cfg['type']
+    return layer_type if isinstance(layer_type, type) else \
+        _registered(layer_type)
+
+
+def _is_registered(type_name: str) -> bool:
+    return _registered(type_name) is not None
 
 
 def check_cfg(name: str, value: Any) -> dict:
@@ -240,6 +259,69 @@ def check_cfg(name: str, value: Any) -> dict:
         hint = f'; did you mean {close}?' if close else ''
         raise KeyError(f'{name} type {layer_type!r} is not registered{hint}')
     return value
+
+
+def _layer_kind(cls: Any) -> Optional[str]:
+    """'norm', 'conv' or 'activation' for the layers of torch and mmcv that
+    are plainly one of them; None for the rest (custom layers pass)."""
+    from torch import nn
+    if not isinstance(cls, type):
+        return None
+    if issubclass(cls, (nn.modules.batchnorm._NormBase, nn.GroupNorm,
+                        nn.LayerNorm, nn.LocalResponseNorm)):
+        return 'norm'
+    if issubclass(cls, nn.modules.conv._ConvNd):
+        return 'conv'
+    module = cls.__module__
+    if module == 'torch.nn.modules.activation' or module.startswith(
+            'mmcv.cnn.bricks.') and module.rsplit('.', 1)[-1] in (
+                'activation', 'hsigmoid', 'hswish', 'swish'):
+        return 'activation'
+    return None
+
+
+def _a(word: str) -> str:
+    return ('an ' if word[0] in 'aeiou' else 'a ') + word
+
+
+def _kind_checker(kind: str, example: str) -> Checker:
+    """``check_cfg`` that also refuses a layer of another kind (a norm as
+    ``act_cfg``, an activation as ``norm_cfg``), which would otherwise fail
+    inside the layer with an argument the user never passed."""
+
+    def check(name, value):
+        check_cfg(name, value)
+        layer_type = value['type']
+        cls = registered_class(value)
+        found = _layer_kind(cls)
+        if found is not None and found != kind:
+            shown = getattr(layer_type, '__name__', layer_type)
+            raise ValueError(f'{name} type {shown!r} is {_a(found)} layer, '
+                             f'not {_a(kind)} layer (e.g. {example})')
+        if kind == 'norm' and isinstance(cls, type):
+            from torch import nn
+            if issubclass(cls, nn.GroupNorm) and 'num_groups' not in value:
+                raise ValueError(
+                    f'{name} {value!r}: GroupNorm needs num_groups, e.g. '
+                    f'dict(type="GN", num_groups=32) (it must divide the '
+                    f'channels of every normalised layer)')
+            if cls is nn.LayerNorm:
+                raise ValueError(
+                    f'{name} {value!r}: torch\'s LayerNorm normalises the '
+                    f'last dimension, the width of an (N, C, H, W) map, not '
+                    f'its channels; use dict(type="LN2d") (mmpretrain\'s '
+                    f'channels-first LayerNorm2d) or GN')
+        return value
+
+    return check
+
+
+#: ``norm_cfg``: a registered norm layer (GN with ``num_groups``).
+check_norm_cfg = _kind_checker('norm', 'dict(type="BN")')
+#: ``act_cfg`` / ``gate_cfg``: a registered activation.
+check_act_cfg = _kind_checker('activation', 'dict(type="ReLU")')
+#: ``conv_cfg``: a registered conv layer.
+check_conv_cfg = _kind_checker('conv', 'dict(type="Conv2d")')
 
 
 # -------------------------------------------------------------- out_indices
@@ -289,18 +371,54 @@ def out_indices_in(num_outputs: int, what: str = 'stages') -> Checker:
                                                  name)
 
 
+# ---------------------------------------------------------------- init_cfg
+def check_pretrained_cfg(cfg: dict, name: str = 'init_cfg') -> None:
+    """Refuse a ``Pretrained`` init_cfg without a usable ``checkpoint`` or
+    with a ``prefix`` that is not a string (MMEngine fails later, with a
+    bare ``KeyError`` or a ``TypeError`` from ``re``)."""
+    if 'checkpoint' not in cfg:
+        raise ValueError(f'{name} {cfg!r}: a Pretrained init_cfg needs '
+                         f'checkpoint=... (a path or URL of the weights)')
+    if not isinstance(cfg['checkpoint'], str):
+        raise OptionTypeError(
+            f'{name} checkpoint must be a path or URL as a str, got '
+            f'{_given(cfg["checkpoint"])}')
+    prefix = cfg.get('prefix')
+    if prefix is not None and not isinstance(prefix, str):
+        raise OptionTypeError(f'{name} prefix must be a str such as '
+                              f'"backbone.", got {_given(prefix)}')
+
+
+def check_init_cfg(name: str, value: Any):
+    """MMEngine's ``init_cfg``: a dict with a ``type`` (``'Pretrained'``,
+    ``'Kaiming'``, ...) or a list of them; a ``Pretrained`` one names its
+    checkpoint. (MMEngine itself fails only in ``init_weights``, with a
+    bare ``AssertionError`` or ``KeyError``.)"""
+    items = value if isinstance(value, list) else [value]
+    for i, item in enumerate(items):
+        where = f'{name}[{i}]' if isinstance(value, list) else name
+        if not isinstance(item, dict) or 'type' not in item:
+            raise OptionTypeError(
+                f'{where} must be a dict with a "type" key, e.g. '
+                f'dict(type="Pretrained", checkpoint=...), or a list of '
+                f'such dicts; got {_given(item)}')
+        if item['type'] == 'Pretrained':
+            check_pretrained_cfg(item, where)
+    return value
+
+
 # ------------------------------------------------------------ the tables
 #: The OpenMMLab backbone contract that every mmsk backbone takes
 #: (option -> checker), shared by the backbones' tables.
 BACKBONE_OPTIONS = dict(
     attn_cfg=optional(check_cfg),
-    conv_cfg=optional(check_cfg),
-    norm_cfg=check_cfg,
-    act_cfg=check_cfg,
+    conv_cfg=optional(check_conv_cfg),
+    norm_cfg=check_norm_cfg,
+    act_cfg=check_act_cfg,
     norm_eval=check_bool,
     with_cp=check_bool,
     drop_path_rate=check_unit_interval,
-    init_cfg=optional(instance_of(dict, list)),
+    init_cfg=optional(check_init_cfg),
 )
 
 
@@ -394,6 +512,45 @@ def check_input(owner: Any, x: Any, in_channels: int,
                         f'{x.dtype} input; convert one to the other '
                         f'(x.to({weight.dtype}) or model.to({x.dtype})) or '
                         f'run under torch.autocast')
+
+
+def check_channels(owner: Any, x: torch.Tensor, channels: int,
+                   what: str = '') -> None:
+    """Check that a layer's ``(N, C, H, W)`` input has ``channels``
+    channels (``what`` says why, e.g. the splits); skipped while tracing,
+    as :func:`check_input`."""
+    if _skip_input_checks() or (x.dim() == 4 and x.shape[1] == channels):
+        return
+    raise ValueError(f'{_owner_name(owner)} expects input of shape (N, '
+                     f'{channels}, H, W){what}, got {tuple(x.shape)}')
+
+
+#: torch's error for BatchNorm in train mode over a single value per channel
+_BN_SINGLE_VALUE = 'Expected more than 1 value per channel when training'
+
+
+def forward_batch_checked(module: torch.nn.Module, forward: Callable,
+                          x: torch.Tensor):
+    """``forward(x)``; in train mode with a batch of one image, torch's
+    BatchNorm error for a map that has shrunk to 1x1 (one value per
+    channel, which it cannot normalise) is raised again naming the module,
+    the input and what to do. Every other call runs ``forward`` alone."""
+    if _skip_input_checks() or torch.compiler.is_compiling() or \
+            not module.training or x.shape[0] != 1:
+        return forward(x)
+    try:
+        return forward(x)
+    except ValueError as error:
+        if _BN_SINGLE_VALUE not in str(error):
+            raise
+        raise ValueError(
+            f'{_owner_name(module)}: in train mode BatchNorm normalises each '
+            f'channel over the batch and the positions of its map, and a '
+            f'batch of one {x.shape[2]}x{x.shape[3]} image leaves a 1x1 map '
+            f'with a single value per channel. Train on 2 or more images '
+            f'per device or on larger images, or keep the norms in eval '
+            f'mode (norm_eval=True, or model.eval() for inference) '
+            f'[torch: {error}]') from error
 
 
 def check_sync_bn(module: torch.nn.Module, x: torch.Tensor) -> None:

@@ -26,11 +26,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmsk.registry import MODELS, register_model
-from mmsk.utils import (BACKBONE_OPTIONS, accepted_kwargs, check_bool,
-                        check_cfg, check_input, check_option, check_options,
+from mmsk.utils import (BACKBONE_OPTIONS, accepted_kwargs, check_act_cfg,
+                        check_bool, check_cfg, check_conv_cfg, check_input,
+                        check_norm_cfg, check_option, check_options,
                         check_positive_int, check_positive_number,
                         check_sync_bn, check_unit_interval, check_unknown_keys,
-                        int_in, one_of, optional, out_indices_in, seq_of)
+                        forward_batch_checked, int_in, one_of, optional,
+                        out_indices_in, seq_of)
 from ..deploy import Deployable, fold_for_deploy
 from ..layers.config import fast_path_enabled
 from ..layers.recompute import recompute_cheap_outputs
@@ -61,9 +63,9 @@ BLOCK_OPTIONS = dict(
     stride=check_positive_int,
     dilation=check_positive_int,
     attn_cfg=optional(check_cfg),
-    conv_cfg=optional(check_cfg),
-    norm_cfg=check_cfg,
-    act_cfg=check_cfg,
+    conv_cfg=optional(check_conv_cfg),
+    norm_cfg=check_norm_cfg,
+    act_cfg=check_act_cfg,
     drop_path_rate=check_unit_interval,
     with_cp=check_bool,
 )
@@ -449,6 +451,9 @@ class InvertedResidualNet(Deployable, BaseBackbone):
     def forward(self, x: torch.Tensor) -> tuple:
         check_input(self, x, self.in_channels, self.conv1.conv.weight)
         check_sync_bn(self, x)
+        return forward_batch_checked(self, self._forward_stages, x)
+
+    def _forward_stages(self, x: torch.Tensor) -> tuple:
         x = self.conv1(x)
         outs = []
         for i, name in enumerate(self.stage_names[1:]):

@@ -14,9 +14,10 @@ import re
 from typing import List, Optional
 
 from mmengine.model.weight_init import PretrainedInit
-from mmengine.runner.checkpoint import (_load_checkpoint,
-                                        _load_checkpoint_with_prefix)
+from mmengine.runner.checkpoint import _load_checkpoint
 from torch import nn
+
+from mmsk.utils.validation import check_pretrained_cfg
 
 #: How many keys of each kind an error message lists.
 MAX_LISTED = 8
@@ -38,18 +39,48 @@ def pretrained_cfg(init_cfg) -> Optional[dict]:
     return found[-1] if found else None
 
 
+def _state_dict_of(checkpoint, where: str) -> dict:
+    state_dict = checkpoint.get('state_dict', checkpoint) \
+        if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state_dict, dict):
+        raise ValueError(
+            f'the Pretrained checkpoint {where} holds a '
+            f'{type(state_dict).__name__}, not a state dict (a dict of '
+            f'tensors, or a dict with a "state_dict" entry)')
+    return state_dict
+
+
+def _prefixes(keys) -> List[str]:
+    """The first dotted part of each key, with its dot, e.g. 'backbone.'."""
+    return sorted({k.split('.', 1)[0] + '.' for k in keys if '.' in k})
+
+
 def pretrained_state_dict(cfg: dict) -> dict:
     """The state dict that MMEngine's ``PretrainedInit`` loads for ``cfg``:
     the keys under ``prefix`` (stripped), or the whole ``state_dict`` with a
     leading ``module.`` removed."""
+    check_pretrained_cfg(cfg)
     map_location = cfg.get('map_location', 'cpu')
+    where = repr(cfg['checkpoint'])
+    state_dict = _state_dict_of(
+        _load_checkpoint(cfg['checkpoint'], map_location), where)
     prefix = cfg.get('prefix')
-    if prefix is not None:
-        return _load_checkpoint_with_prefix(
-            prefix, cfg['checkpoint'], map_location=map_location)
-    checkpoint = _load_checkpoint(cfg['checkpoint'], map_location)
-    state_dict = checkpoint.get('state_dict', checkpoint)
-    return {re.sub(r'^module\.', '', k): v for k, v in state_dict.items()}
+    if prefix is None:
+        return {re.sub(r'^module\.', '', k): v
+                for k, v in state_dict.items()}
+    # as MMEngine's _load_checkpoint_with_prefix, which asserts without a
+    # word on what the checkpoint does hold
+    if not prefix.endswith('.'):
+        prefix += '.'
+    found = {k[len(prefix):]: v for k, v in state_dict.items()
+             if k.startswith(prefix)}
+    if not found:
+        raise ValueError(
+            f'the Pretrained checkpoint {where} has no keys under prefix '
+            f'{cfg["prefix"]!r}; its keys start with {_prefixes(state_dict)}'
+            f' (use one of those as prefix, or no prefix for a bare '
+            f'backbone state dict)')
+    return found
 
 
 def _listed(keys: List[str]) -> str:
@@ -96,6 +127,13 @@ def check_pretrained(module: nn.Module, init_cfg) -> None:
     if mismatched:
         lines.append(f'{len(mismatched)} keys with another shape: '
                      f'{_listed(mismatched)}')
+    if missing and cfg.get('prefix') is None:
+        # a classifier's or detector's checkpoint loaded without its prefix
+        fits = [p for p in _prefixes(source)
+                if sum(p + k in source for k in missing) > len(missing) // 2]
+        if fits:
+            lines.append(f'The checkpoint holds them under {fits[0]!r}: set '
+                         f'prefix={fits[0]!r} in the init_cfg.')
     lines.append('Use a checkpoint of the same architecture (depth, widths, '
                  'groups, stem) or another prefix.')
     raise PretrainedMismatchError('\n'.join(lines))

@@ -30,11 +30,13 @@ from mmpretrain.models.backbones.resnet import ResNet
 from torch import nn
 
 from mmsk.registry import MODELS
-from mmsk.utils import (BACKBONE_OPTIONS, accepted_kwargs, check_bool,
-                        check_cfg, check_dict, check_input, check_option,
+from mmsk.utils import (BACKBONE_OPTIONS, OptionTypeError, accepted_kwargs,
+                        check_act_cfg, check_bool, check_cfg, check_conv_cfg,
+                        check_dict, check_input, check_norm_cfg, check_option,
                         check_options, check_positive_int, check_sync_bn,
-                        check_unit_interval, check_unknown_keys, instance_of,
-                        int_in, one_of, optional, out_indices_in, seq_of)
+                        check_unit_interval, check_unknown_keys,
+                        forward_batch_checked, instance_of, int_in, one_of,
+                        optional, out_indices_in, seq_of)
 from ..deploy import Deployable, fold_for_deploy
 from ..layers.config import fast_path_enabled
 from ..layers.recompute import recompute_cheap_outputs
@@ -56,9 +58,9 @@ BLOCK_OPTIONS = dict(
     attn_position=one_of('last', 'mid'),
     aa_downsample=check_bool,
     with_cp=check_bool,
-    conv_cfg=optional(check_cfg),
-    norm_cfg=check_cfg,
-    act_cfg=check_cfg,
+    conv_cfg=optional(check_conv_cfg),
+    norm_cfg=check_norm_cfg,
+    act_cfg=check_act_cfg,
     drop_path_rate=check_unit_interval,
 )
 
@@ -127,14 +129,26 @@ class _ResidualBlock(Deployable, BaseModule):
         """Checks the options shared by both shapes; returns the stride of
         the spatial conv."""
         if aa_downsample and style == 'caffe':
-            raise ValueError('aa_downsample needs style="pytorch" (the '
-                             'stride is on the spatial conv)')
+            raise ValueError(f'{type(self).__name__}: aa_downsample needs '
+                             f'style="pytorch" (the stride is on the '
+                             f'spatial conv)')
         self.attn_position = attn_position
         use_aa = aa_downsample and stride > 1
         # timm's aa_layer=nn.AvgPool2d: the spatial conv runs at stride 1,
         # then a stride x stride average pool downsamples.
         self.aa = nn.AvgPool2d(stride) if use_aa else nn.Identity()
         return 1 if use_aa else stride
+
+    def _check_shortcut(self, in_channels, out_channels, stride,
+                        downsample):
+        if downsample is None and (stride != 1
+                                   or in_channels != out_channels):
+            raise ValueError(
+                f'{type(self).__name__}: with in_channels={in_channels}, '
+                f'out_channels={out_channels} and stride={stride} the '
+                f'identity shortcut cannot be added to the output; pass a '
+                f'downsample (shortcut projection) module, as ResLayer does '
+                f'for the first block of a stage')
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -222,6 +236,7 @@ class BasicBlock(_ResidualBlock):
         super().__init__(init_cfg)
         check_options(self, locals(),
                       dict(BLOCK_OPTIONS, conv1_cfg=optional(check_dict)))
+        self._check_shortcut(in_channels, out_channels, stride, downsample)
         if groups != 1 or (width_per_group is not None
                            and width_per_group != base_channels):
             raise ValueError(
@@ -229,8 +244,9 @@ class BasicBlock(_ResidualBlock):
                 f'width_per_group only, got groups={groups}, '
                 f'width_per_group={width_per_group}')
         if out_channels % expansion:
-            raise ValueError(f'out_channels ({out_channels}) must be '
-                             f'divisible by expansion ({expansion})')
+            raise ValueError(f'{type(self).__name__}: out_channels '
+                             f'({out_channels}) must be divisible by '
+                             f'expansion ({expansion})')
         if attn_position != 'last':
             raise ValueError(f'{type(self).__name__} supports '
                              f'attn_position="last" only, got '
@@ -341,16 +357,21 @@ class Bottleneck(_ResidualBlock):
                 BLOCK_OPTIONS,
                 conv2_cfg=optional(check_dict),
                 channels_per_group=optional(check_positive_int)))
+        self._check_shortcut(in_channels, out_channels, stride, downsample)
         spatial_stride = self._init_head(stride, style, attn_position,
                                          aa_downsample)
+        if attn_position == 'mid' and attn_cfg is None:
+            raise ValueError(f'{type(self).__name__}: attn_position="mid" '
+                             f'places an attention, but attn_cfg is None')
         if channels_per_group is not None and groups != 1:
-            raise ValueError(f'channels_per_group and groups={groups} '
-                             f'are exclusive')
+            raise ValueError(f'{type(self).__name__}: channels_per_group '
+                             f'and groups={groups} are exclusive')
         if width_per_group is None:
             width_per_group = base_channels
         if out_channels % expansion:
-            raise ValueError(f'out_channels ({out_channels}) must be '
-                             f'divisible by expansion ({expansion})')
+            raise ValueError(f'{type(self).__name__}: out_channels '
+                             f'({out_channels}) must be divisible by '
+                             f'expansion ({expansion})')
         planes = out_channels // expansion
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -399,8 +420,8 @@ class Bottleneck(_ResidualBlock):
                    **kwargs) -> nn.Module:
         """The spatial conv (3x3, with norm and activation)."""
         if channels % groups:
-            raise ValueError(f'groups ({groups}) must divide the middle '
-                             f'channels ({channels})')
+            raise ValueError(f'{type(self).__name__}: groups ({groups}) '
+                             f'must divide the middle channels ({channels})')
         return ConvModule(
             channels,
             channels,
@@ -427,6 +448,15 @@ class Bottleneck(_ResidualBlock):
         return out
 
 
+def _check_block_class(name, value):
+    if not (isinstance(value, type) and issubclass(value, nn.Module)
+            and isinstance(getattr(value, 'expansion', None), int)):
+        raise OptionTypeError(
+            f'{name} must be a block class with an expansion (e.g. '
+            f'SKBottleneck), got {value!r} ({type(value).__name__})')
+    return value
+
+
 class ResLayer(Sequential):
     """One stage: ``num_blocks`` blocks, the first one strided/projected.
 
@@ -447,6 +477,16 @@ class ResLayer(Sequential):
                  norm_cfg: dict = dict(type='BN'),
                  drop_path_rate: Union[float, Sequence[float]] = 0.0,
                  **kwargs):
+        check_options(self, locals(), dict(
+            block=_check_block_class,
+            num_blocks=check_positive_int,
+            in_channels=check_positive_int,
+            out_channels=check_positive_int,
+            expansion=optional(check_positive_int),
+            stride=check_positive_int,
+            avg_down=check_bool,
+            conv_cfg=optional(check_conv_cfg),
+            norm_cfg=check_norm_cfg))
         if isinstance(drop_path_rate, (int, float)):
             drop_path_rate = [float(drop_path_rate)] * num_blocks
         if len(drop_path_rate) != num_blocks:
@@ -593,6 +633,15 @@ class ResNetStages(Deployable, ResNet):
                            f'from {sorted(self.arch_settings)}')
         num_stages = check_option(self, 'num_stages', num_stages,
                                   int_in(1, 4))
+        for key, value in (('strides', strides), ('dilations', dilations)):
+            if isinstance(value, (list, tuple)) and \
+                    len(value) != num_stages:
+                raise ValueError(
+                    f'{name}: {key} has {len(value)} entries for '
+                    f'num_stages={num_stages}; give one per stage, e.g. '
+                    f'strides={(1, 2, 2, 2)[:num_stages]} and dilations='
+                    f'{(1, ) * num_stages} (and out_indices within '
+                    f'[0, {num_stages - 1}])')
         opts = check_options(self, locals(), dict(
             in_channels=check_positive_int,
             stem_channels=check_positive_int,
@@ -620,23 +669,32 @@ class ResNetStages(Deployable, ResNet):
         out_indices = opts['out_indices']
         stage_channels = opts['stage_channels']
         if deep_stem and cifar_stem:
-            raise ValueError('deep_stem and cifar_stem are exclusive')
+            raise ValueError(f'{name}: deep_stem and cifar_stem are '
+                             f'exclusive')
         if deep_stem_channels is None:
             if deep_stem and stem_channels % 2:
-                raise ValueError(f'deep_stem needs an even stem_channels, '
-                                 f'got {stem_channels}')
+                raise ValueError(f'{name}: deep_stem needs an even '
+                                 f'stem_channels, got {stem_channels}')
             deep_stem_channels = (stem_channels // 2, ) * 2
         elif not deep_stem:
-            raise ValueError('deep_stem_channels needs deep_stem=True')
+            raise ValueError(f'{name}: deep_stem_channels needs '
+                             f'deep_stem=True')
         if aa_downsample and cifar_stem:
-            raise ValueError('aa_downsample and cifar_stem are exclusive '
-                             '(the CIFAR stem does not downsample)')
+            raise ValueError(f'{name}: aa_downsample and cifar_stem are '
+                             f'exclusive (the CIFAR stem does not downsample)')
         if stem_pool == 'none' and not deep_stem:
-            raise ValueError('stem_pool="none" needs deep_stem=True (its last '
-                             'conv takes the stride)')
+            raise ValueError(f'{name}: stem_pool="none" needs deep_stem=True '
+                             f'(its last conv takes the stride)')
         if stem_pool == 'none' and aa_downsample:
-            raise ValueError('stem_pool="none" and aa_downsample are '
-                             'exclusive')
+            raise ValueError(f'{name}: stem_pool="none" and aa_downsample are '
+                             f'exclusive')
+        block_expansion = opts['expansion'] or \
+            self.arch_settings[depth][0].expansion
+        for i, channels in enumerate(stage_channels or ()):
+            if channels % block_expansion:
+                raise ValueError(
+                    f'{name}: stage_channels[{i}] ({channels}) must be '
+                    f'divisible by the block expansion ({block_expansion})')
 
         # Read by the stem and stage hooks that ResNet.__init__ calls.
         self.act_cfg = act_cfg
@@ -706,7 +764,7 @@ class ResNetStages(Deployable, ResNet):
     def forward(self, x: torch.Tensor) -> tuple:
         check_input(self, x, self.in_channels, self._stem_weight())
         check_sync_bn(self, x)
-        return super().forward(x)
+        return forward_batch_checked(self, super().forward, x)
 
     def _stem_weight(self) -> torch.Tensor:
         return self.stem[0].conv.weight if self.deep_stem else \

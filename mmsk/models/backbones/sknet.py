@@ -15,6 +15,29 @@ from ..layers.selective_kernel import sk_form as make_sk_form
 from .resnet import BasicBlock, Bottleneck, ResNetStages
 
 
+#: SKConv arguments that the block sets itself (key -> where they come from)
+_SET_BY_BLOCK = dict(
+    in_channels='set by the block',
+    out_channels='set by the block',
+    stride="set by the block's stride",
+    dilation="set by the block's dilation",
+    conv_cfg="the block's conv_cfg applies to the SK unit",
+    norm_cfg="the block's norm_cfg applies to the SK unit; the attention's "
+    'norm is attn_norm_cfg',
+    act_cfg="the block's act_cfg applies to the SK unit",
+    init_cfg="set the block's init_cfg")
+
+
+def check_sk_cfg(owner, sk_cfg: Optional[dict], reserved=None) -> None:
+    """Refuse ``sk_cfg`` keys that are not :class:`SKConv` arguments or that
+    the block (and the ``reserved`` ones, which the backbone) sets, naming
+    where each one is set instead."""
+    hints = dict(_SET_BY_BLOCK, **(reserved or {}))
+    check_unknown_keys(
+        owner, sk_cfg or {}, accepted_kwargs(SKConv) - set(hints),
+        what='sk_cfg key', hints=hints)
+
+
 @register_model
 class SKBasicBlock(BasicBlock):
     """Basic block whose first 3x3 is an SK unit (timm's skresnet18/34).
@@ -31,6 +54,7 @@ class SKBasicBlock(BasicBlock):
 
     def __init__(self, *args, sk_cfg: Optional[dict] = None, **kwargs):
         check_options(self, locals(), dict(sk_cfg=optional(check_dict)))
+        check_sk_cfg(self, sk_cfg)
         super().__init__(*args, conv1_cfg=sk_cfg, **kwargs)
 
     def make_conv1(self, in_channels, out_channels, stride, dilation,
@@ -52,6 +76,7 @@ class SKBottleneck(Bottleneck):
 
     def __init__(self, *args, sk_cfg: Optional[dict] = None, **kwargs):
         check_options(self, locals(), dict(sk_cfg=optional(check_dict)))
+        check_sk_cfg(self, sk_cfg, dict(groups="set by the block's groups"))
         super().__init__(*args, conv2_cfg=sk_cfg, **kwargs)
 
     def make_conv2(self, channels, stride, dilation, groups, stage_first,
@@ -122,13 +147,15 @@ class SKNet(ResNetStages):
         if depth not in self.arch_settings:
             raise KeyError(f'invalid depth {depth!r} for SKNet; choose from '
                            f'{sorted(self.arch_settings)}')
-        # the block sets the unit's channels, stride, dilation and groups
-        check_unknown_keys(
-            self, sk_cfg or {},
-            accepted_kwargs(SKConv) - {
-                'in_channels', 'out_channels', 'stride', 'dilation',
-                'groups', 'init_cfg'
-            }, what='sk_cfg key')
+        # the block sets the unit's channels, stride, dilation and layers;
+        # SKNet's groups set the unit's groups
+        check_sk_cfg(self, sk_cfg, dict(
+            groups="set by SKNet's groups",
+            conv_cfg="SKNet's conv_cfg applies to the SK units",
+            norm_cfg="SKNet's norm_cfg applies to the SK units; the "
+            'attention norm is sk_cfg attn_norm_cfg',
+            act_cfg="SKNet's act_cfg applies to the SK units",
+            init_cfg="set SKNet's init_cfg"))
         basic = self.arch_settings[depth][0] is SKBasicBlock
         cfg = make_sk_form(sk_form)
         if sk_form == 'timm' and basic:

@@ -15,9 +15,11 @@ from mmengine.model import BaseModule
 from mmpretrain.models.utils import make_divisible
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from mmsk.registry import register_model
-from mmsk.utils import (check_bool, check_cfg, check_non_negative_int,
+from mmsk.utils import (check_act_cfg, check_bool, check_conv_cfg,
+                        check_non_negative_int, check_norm_cfg,
                         check_options, check_positive_int,
                         check_positive_number, optional)
 from ..deploy import Deployable
@@ -138,10 +140,15 @@ class ChannelAttention(Deployable, BaseModule):
             min_channels=check_non_negative_int,
             attn_channels=optional(check_positive_int),
             bias=check_bool,
-            conv_cfg=optional(check_cfg),
-            norm_cfg=optional(check_cfg),
-            act_cfg=check_cfg,
-            gate_cfg=check_cfg))
+            conv_cfg=optional(check_conv_cfg),
+            norm_cfg=optional(check_norm_cfg),
+            act_cfg=check_act_cfg,
+            gate_cfg=check_act_cfg))
+        if num_paths > 1 and gate_cfg != dict(type='Sigmoid'):
+            raise ValueError(
+                f'{type(self).__name__}: gate_cfg applies to one path; with '
+                f'num_paths={num_paths} the weights are a softmax across '
+                f'the paths, got gate_cfg={gate_cfg!r}')
         if attn_channels is None:
             attn_channels = reduced_channels(in_channels, reduction, divisor,
                                              min_channels)
@@ -158,6 +165,13 @@ class ChannelAttention(Deployable, BaseModule):
         self.norm = (
             build_norm_layer(norm_cfg, attn_channels)[1]
             if norm_cfg is not None else nn.Identity())
+        if isinstance(self.norm, _InstanceNorm):
+            raise ValueError(
+                f'{type(self).__name__}: norm_cfg {norm_cfg!r} is an '
+                f'InstanceNorm, but the attention normalises the pooled 1x1 '
+                f'descriptor, one value per channel, which InstanceNorm '
+                f'cannot normalise. Use BN, GN or no norm (for SK units: '
+                f'attn_norm_cfg=None, or attn_norm_cfg=dict(type="BN"))')
         self.act = build_activation_layer(act_cfg)
         self.expand = build_conv_layer(
             conv_cfg,

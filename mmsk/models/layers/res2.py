@@ -7,7 +7,8 @@ from mmengine.model import BaseModule, ModuleList
 from torch import nn
 
 from mmsk.registry import register_model
-from mmsk.utils import (check_bool, check_cfg, check_options,
+from mmsk.utils import (check_act_cfg, check_bool, check_channels,
+                        check_conv_cfg, check_norm_cfg, check_options,
                         check_positive_int, int_in, optional)
 from ..deploy import Deployable
 from .recompute import recomputable
@@ -57,17 +58,17 @@ class Res2Conv(Deployable, BaseModule):
             dilation=check_positive_int,
             groups=check_positive_int,
             stage_first=check_bool,
-            conv_cfg=optional(check_cfg),
-            norm_cfg=check_cfg,
-            act_cfg=check_cfg))
+            conv_cfg=optional(check_conv_cfg),
+            norm_cfg=check_norm_cfg,
+            act_cfg=check_act_cfg))
         if channels % scales:
-            raise ValueError(f'channels ({channels}) must be divisible by '
-                             f'scales ({scales})')
+            raise ValueError(f'{type(self).__name__}: channels ({channels}) '
+                             f'must be divisible by scales ({scales})')
         self.scales = scales
         self.width = channels // scales
         if self.width % groups:
-            raise ValueError(f'groups ({groups}) must divide the split '
-                             f'width ({self.width})')
+            raise ValueError(f'{type(self).__name__}: groups ({groups}) must '
+                             f'divide the split width ({self.width})')
         self.stage_first = stage_first
         self.convs = ModuleList([
             ConvModule(
@@ -86,6 +87,8 @@ class Res2Conv(Deployable, BaseModule):
             else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_channels(self, x, self.width * self.scales,
+                       f' ({self.scales} splits of {self.width})')
         splits = torch.split(x, self.width, dim=1)
         outs = []
         sp = splits[0]

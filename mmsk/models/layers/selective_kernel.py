@@ -18,11 +18,14 @@ from typing import Optional, Sequence
 import torch
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule, ModuleList
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from mmsk.registry import register_model
-from mmsk.utils import (check_bool, check_cfg, check_non_negative_int,
+from mmsk.utils import (check_act_cfg, check_bool, check_conv_cfg,
+                        check_non_negative_int, check_norm_cfg, check_option,
                         check_options, check_positive_int,
-                        check_positive_number, instance_of, one_of, optional)
+                        check_positive_number, instance_of, one_of, optional,
+                        registered_class)
 from ..deploy import Deployable
 from .attention import ChannelAttention, spatial_mean
 from .config import fast_path_enabled
@@ -158,19 +161,21 @@ class SKConv(Deployable, BaseModule):
             min_channels=check_non_negative_int,
             divisor=optional(check_positive_int),
             split_input=check_bool,
-            conv_cfg=optional(check_cfg),
-            norm_cfg=optional(check_cfg),
-            act_cfg=check_cfg))
+            conv_cfg=optional(check_conv_cfg),
+            norm_cfg=optional(check_norm_cfg),
+            act_cfg=check_act_cfg))
         if len(branches) < 2:
-            raise ValueError('branches must list at least 2 branch dicts '
-                             f'(M >= 2), got {branches!r}')
+            raise ValueError(f'{type(self).__name__}: branches must list at '
+                             f'least 2 branch dicts (M >= 2), got '
+                             f'{branches!r}')
         self.num_paths = len(branches)
         self.split_input = split_input
         branch_in = in_channels
         if split_input:
             if in_channels % self.num_paths:
                 raise ValueError(
-                    f'split_input needs in_channels ({in_channels}) divisible '
+                    f'{type(self).__name__}: split_input needs in_channels '
+                    f'({in_channels}) divisible '
                     f'by the number of branches ({self.num_paths})')
             branch_in = in_channels // self.num_paths
         self.in_channels = in_channels
@@ -179,26 +184,31 @@ class SKConv(Deployable, BaseModule):
         self.paths = ModuleList()
         for i, branch in enumerate(branches):
             if not isinstance(branch, dict):
-                raise ValueError(f'branches[{i}] must be a dict, got '
-                                 f'{branch!r}')
+                raise ValueError(f'{type(self).__name__}: branches[{i}] must '
+                                 f'be a dict, got {branch!r}')
             unknown = set(branch) - _BRANCH_KEYS
             if unknown:
-                raise KeyError(f'branches[{i}] has unknown keys '
+                raise KeyError(f'{type(self).__name__}: branches[{i}] has '
+                               f'unknown keys '
                                f'{sorted(unknown)}; allowed: '
                                f'{sorted(_BRANCH_KEYS)}')
             k = branch.get('kernel_size', 3)
-            if not isinstance(k, int) or k < 1 or k % 2 == 0:
-                raise ValueError(f'branches[{i}].kernel_size must be an odd '
-                                 f'positive int, got {k!r}')
-            d = dilation * check_positive_int(f'branches[{i}].dilation',
-                                              branch.get('dilation', 1))
+            if not isinstance(k, int) or isinstance(k, bool) or k < 1 or \
+                    k % 2 == 0:
+                raise ValueError(f'{type(self).__name__}: branches[{i}].'
+                                 f'kernel_size must be an odd positive int, '
+                                 f'got {k!r}')
+            d = dilation * check_option(self, f'branches[{i}].dilation',
+                                        branch.get('dilation', 1),
+                                        check_positive_int)
             g = branch.get('groups')
-            g = groups if g is None else check_positive_int(
-                f'branches[{i}].groups', g)
+            g = groups if g is None else check_option(
+                self, f'branches[{i}].groups', g, check_positive_int)
             g = min(g, out_channels, branch_in)
             if branch_in % g or out_channels % g:
                 raise ValueError(
-                    f'branches[{i}].groups={g} must divide the branch input '
+                    f'{type(self).__name__}: branches[{i}].groups={g} must '
+                    f'divide the branch input '
                     f'({branch_in}) and output ({out_channels}) channels')
             self.paths.append(
                 ConvModule(
@@ -214,14 +224,30 @@ class SKConv(Deployable, BaseModule):
                     and stride == d > 1 else conv_cfg,
                     norm_cfg=norm_cfg,
                     act_cfg=act_cfg))
-        if attn_norm_cfg == 'same':
+        same = attn_norm_cfg == 'same'
+        if same:
             attn_norm_cfg = norm_cfg
-        elif attn_norm_cfg is not None and (
-                not isinstance(attn_norm_cfg, dict)
-                or 'type' not in attn_norm_cfg):
-            raise ValueError(f'{type(self).__name__}: attn_norm_cfg must be '
-                             f'"same", None or a dict with a "type", got '
-                             f'{attn_norm_cfg!r}')
+        elif attn_norm_cfg is not None:
+            if not isinstance(attn_norm_cfg, dict) or \
+                    'type' not in attn_norm_cfg:
+                raise ValueError(
+                    f'{type(self).__name__}: attn_norm_cfg must be "same", '
+                    f'None or a dict with a "type", got {attn_norm_cfg!r}')
+            check_option(self, 'attn_norm_cfg', attn_norm_cfg,
+                         check_norm_cfg)
+        attn_norm = None if attn_norm_cfg is None else \
+            registered_class(attn_norm_cfg)
+        if isinstance(attn_norm, type) and \
+                issubclass(attn_norm, _InstanceNorm):
+            source = ' (norm_cfg, by the default attn_norm_cfg="same")' \
+                if same else ''
+            raise ValueError(
+                f'{type(self).__name__}: attn_norm_cfg {attn_norm_cfg!r}'
+                f'{source} is an InstanceNorm, but the attention '
+                f'normalises the pooled 1x1 descriptor, one value per '
+                f'channel, which '
+                f'InstanceNorm cannot normalise. Set attn_norm_cfg=None (no '
+                f'norm) or attn_norm_cfg=dict(type="BN")')
         self.attn = ChannelAttention(
             out_channels,
             num_paths=self.num_paths,
