@@ -36,6 +36,28 @@ def test_anti_aliased_downsampling():
     assert [o.shape[-1] for o in outs] == [16, 8, 4, 2]
 
 
+@pytest.mark.parametrize('avg_down', [False, True])
+def test_anti_aliased_downsampling_takes_any_size(avg_down):
+    """The pool after the stride-1 conv rounds up, as the shortcut does
+    (timm's floor-mode pool fails on sides the strides do not divide, e.g.
+    72: 4 against 5 at the last stage); where they divide, it is the same
+    pool (timm parity: test_converters' *aa* models)."""
+    cfg = dict(SMALL, avg_down=avg_down, out_indices=(0, 1, 2, 3))
+    aa = build_backbone(dict(cfg, aa_downsample=True)).eval()
+    plain = build_backbone(cfg).eval()
+    for side in (72, 45, 37, 64):
+        x = torch.rand(1, 3, side, side)
+        with torch.no_grad():
+            outs = aa(x)
+            expected = plain(x)
+        # the stem's 2x2 pool floors where the max-pool rounds up
+        if side % 4 == 0:
+            assert [o.shape for o in outs] == [o.shape for o in expected]
+        sides = [o.shape[-1] for o in outs]
+        assert sides == [-(-sides[0] // 2**i) for i in range(4)], (side,
+                                                                   sides)
+
+
 def test_attention_after_the_spatial_conv():
     model = build_backbone(dict(SMALL, attn_position='mid'))
     block = model.layer2[0]

@@ -135,8 +135,13 @@ class _ResidualBlock(Deployable, BaseModule):
         self.attn_position = attn_position
         use_aa = aa_downsample and stride > 1
         # timm's aa_layer=nn.AvgPool2d: the spatial conv runs at stride 1,
-        # then a stride x stride average pool downsamples.
-        self.aa = nn.AvgPool2d(stride) if use_aa else nn.Identity()
+        # then a stride x stride average pool downsamples. Rounded up, as the
+        # shortcut (strided 1x1 or ceil-mode avg_down) is: on sides that
+        # the stride divides the same windows (and bits) as timm's, on the
+        # others a last partial window where timm's sizes do not add up.
+        self.aa = nn.AvgPool2d(stride, ceil_mode=True,
+                               count_include_pad=False) \
+            if use_aa else nn.Identity()
         return 1 if use_aa else stride
 
     def _check_shortcut(self, in_channels, out_channels, stride,
