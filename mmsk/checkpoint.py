@@ -19,7 +19,7 @@ import pickle
 import re
 import zipfile
 from functools import lru_cache
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -109,6 +109,13 @@ def load_local_checkpoint(filename: str, map_location=None):
             f'Cannot read checkpoint {filename!r}: it is corrupt, truncated '
             f'or not a torch checkpoint (neither a zip archive nor a legacy '
             f'torch file)')
+    damage = zip_damage(filename)
+    if damage is not None:
+        # torch reads the records without checking their CRCs: flipped
+        # bytes in a tensor would load as wrong weights
+        raise CorruptCheckpointError(
+            f'Cannot read checkpoint {filename!r}: it is corrupt ({damage}); '
+            f'its contents differ from what was saved')
     # only the entries not allowed already: leaving the context removes
     # them, and must not remove what add_safe_globals allowed for good
     present = set(torch.serialization.get_safe_globals())
@@ -131,6 +138,20 @@ def load_local_checkpoint(filename: str, map_location=None):
             f'). Nothing in the file was run.') from None
     except Exception as e:  # noqa: BLE001 - garbage fails in many ways
         raise _corrupt(filename, e) from e
+
+
+def zip_damage(filename: str) -> Optional[str]:
+    """What is wrong with a torch zip checkpoint, record by record
+    (CRC-32, no unpickling), or None when every record reads back as saved
+    (and for files that are not zip archives)."""
+    if not zipfile.is_zipfile(filename):
+        return None
+    try:
+        with zipfile.ZipFile(filename) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f'{type(e).__name__}: {e}'
+    return None if bad is None else f'bad CRC in record {bad!r}'
 
 
 def _looks_like_torch_file(filename: str) -> bool:
@@ -162,6 +183,95 @@ def _corrupt(filename: str, error: Exception) -> CorruptCheckpointError:
     return CorruptCheckpointError(
         f'Cannot read checkpoint {filename!r}: it is corrupt, truncated or '
         f'not a torch checkpoint ({type(error).__name__}: {detail})')
+
+
+# --- the config a checkpoint carries ----------------------------------------
+class UnsafeConfigError(ValueError):
+    """A config text holds more than data (calls, imports, names); nothing of
+    it ran."""
+
+
+def _config_value(node, where: str):
+    """The value of a config expression made of data only: constants,
+    lists, tuples, sets, dicts and ``dict(key=value)`` calls of them, and
+    signed numbers."""
+    import ast
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        items = [_config_value(item, where) for item in node.elts]
+        return {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(
+            node)](items)
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {
+            _config_value(key, where): _config_value(value, where)
+            for key, value in zip(node.keys, node.values)
+        }
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+            node.func.id == 'dict' and not node.args and \
+            all(kw.arg is not None for kw in node.keywords):
+        return {kw.arg: _config_value(kw.value, where)
+                for kw in node.keywords}
+    if isinstance(node, ast.UnaryOp) and isinstance(
+            node.op, (ast.USub, ast.UAdd)) and isinstance(
+                node.operand, ast.Constant) and isinstance(
+                    node.operand.value, (int, float, complex)):
+        value = node.operand.value
+        return -value if isinstance(node.op, ast.USub) else value
+    raise UnsafeConfigError(
+        f'{where}: line {node.lineno}: {ast.unparse(node)[:80]!r} is not '
+        f'plain data (only constants, lists, tuples, dicts and dict(...) '
+        f'are read); refused, nothing of it ran')
+
+
+def config_from_text(text: str, where: str = 'config'):
+    """An mmengine ``Config`` from the text of a dumped config (a
+    checkpoint's ``meta['cfg']``, ``Config.pretty_text``), read as data.
+
+    ``Config.fromstring(text, '.py')`` executes the text, so a checkpoint
+    from elsewhere could run code through it even when its tensors load
+    with ``weights_only=True``. Here the text is parsed, not run: every
+    statement must be ``name = value`` with a value of plain data (what
+    mmengine dumps), anything else raises :class:`UnsafeConfigError`.
+    ``custom_imports`` stays data: nothing is imported.
+    """
+    import ast
+
+    from mmengine.config import Config
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as e:
+        raise UnsafeConfigError(f'{where}: not a config ({e})') from None
+    values = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)):
+            raise UnsafeConfigError(
+                f'{where}: line {node.lineno}: {ast.unparse(node)[:80]!r} '
+                f'is not an assignment "name = value"; refused, nothing of '
+                f'it ran')
+        values[node.targets[0].id] = _config_value(node.value, where)
+    return Config(values)
+
+
+def config_from_checkpoint(checkpoint):
+    """The config that an mmsk or mmengine checkpoint carries in
+    ``meta['cfg']`` (a path, loaded with :func:`load_local_checkpoint`, or
+    a loaded checkpoint dict), read as data (:func:`config_from_text`)::
+
+        from mmpretrain.apis import init_model
+        model = init_model(config_from_checkpoint(DST), DST)
+    """
+    where = 'checkpoint'
+    if not isinstance(checkpoint, dict):
+        where = repr(str(checkpoint))
+        checkpoint = load_local_checkpoint(str(checkpoint), 'cpu')
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    text = meta.get('cfg') if isinstance(meta, dict) else None
+    if not isinstance(text, str):
+        raise ValueError(f'{where} carries no config (no meta["cfg"] text); '
+                         f'build the model from its config file instead')
+    return config_from_text(text, f'{where} meta["cfg"]')
 
 
 def install():

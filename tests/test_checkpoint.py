@@ -155,3 +155,72 @@ def test_converter_clis_refuse_hostile_and_corrupt_files(tool, tmp_path):
         assert re.search(word, proc.stderr, re.I), proc.stderr
     assert not marker.exists()
     assert not (tmp_path / 'out.pth').exists()
+
+
+def _flip_bytes_in_largest_record(src, dst):
+    """Copy ``src`` with 256 bytes inverted in the middle of its largest
+    record (a tensor's storage), leaving the zip structure intact."""
+    import zipfile
+    with zipfile.ZipFile(src) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    data = bytearray(open(src, 'rb').read())
+    # the local header: 30 bytes, the name and the extra field
+    start = info.header_offset + 30 + len(info.filename.encode()) + \
+        int.from_bytes(data[info.header_offset + 28:info.header_offset + 30],
+                       'little')
+    middle = start + info.file_size // 2
+    data[middle:middle + 256] = bytes(b ^ 0xFF for b in
+                                      data[middle:middle + 256])
+    open(dst, 'wb').write(bytes(data))
+    return info.filename
+
+
+def test_flipped_bytes_in_a_tensor_are_refused(trained_work_dir, tmp_path):
+    """torch reads zip records without their CRCs: the flipped weights
+    loaded and gave a model that tested; now the file is called corrupt,
+    through mmengine too (tools/test.py, load_from, resume)."""
+    import mmsk  # noqa: F401
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    from mmsk.checkpoint import CorruptCheckpointError, load_local_checkpoint
+    flipped = tmp_path / 'flipped.pth'
+    record = _flip_bytes_in_largest_record(
+        trained_work_dir / 'epoch_1.pth', flipped)
+    for load in (load_local_checkpoint, _load_checkpoint):
+        with pytest.raises(CorruptCheckpointError,
+                           match=rf"bad CRC in record '{record}'"):
+            load(str(flipped))
+    load_local_checkpoint(str(trained_work_dir / 'epoch_1.pth'))
+
+
+def test_checkpoint_config_is_read_as_data(trained_work_dir, tmp_path):
+    """meta['cfg'] is text that Config.fromstring would run; the converters
+    document config_from_checkpoint, which reads it as data."""
+    import mmsk  # noqa: F401
+    from mmengine.config import Config
+
+    from mmsk.checkpoint import (UnsafeConfigError, config_from_checkpoint,
+                                 load_local_checkpoint)
+    path = trained_work_dir / 'epoch_1.pth'
+    ckpt = load_local_checkpoint(str(path))
+    text = ckpt['meta']['cfg']
+    assert config_from_checkpoint(str(path)).to_dict() == \
+        Config.fromstring(text, '.py').to_dict()
+    marker = tmp_path / 'pwned'
+    for line in (f"_x = __import__('os').system('touch {marker}')",
+                 f"import os; os.system('touch {marker}')",
+                 f"_x = open({str(marker)!r}, 'w')",
+                 "_x = [c for c in ().__class__.__base__.__subclasses__()]",
+                 f"_x = dict(a=print({str(marker)!r}))",
+                 f"exec({f'open({str(marker)!r}, mode=chr(119))'!r})"):
+        hostile = dict(ckpt, meta=dict(ckpt['meta'], cfg=f'{text}\n{line}'))
+        with pytest.raises(UnsafeConfigError, match='refused, nothing of it '
+                           'ran'):
+            config_from_checkpoint(hostile)
+        # as a file too: the tensors load (weights_only), the text is data
+        torch.save(hostile, tmp_path / 'hostile.pth')
+        with pytest.raises(UnsafeConfigError):
+            config_from_checkpoint(str(tmp_path / 'hostile.pth'))
+    assert not marker.exists()
+    with pytest.raises(ValueError, match='carries no config'):
+        config_from_checkpoint({'state_dict': {}})

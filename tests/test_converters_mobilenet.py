@@ -162,9 +162,9 @@ def test_converters_refuse_unknown_keys():
 
 def test_timm_checkpoint_with_another_number_of_classes(tmp_path):
     import timm
-    from mmengine.config import Config
     from mmpretrain.apis import init_model
 
+    from mmsk.checkpoint import config_from_checkpoint
     from mmsk.converters import convert_checkpoint
     torch.manual_seed(0)
     ref = randomize_bn(timm.create_model('mobilenetv2_050',
@@ -172,8 +172,7 @@ def test_timm_checkpoint_with_another_number_of_classes(tmp_path):
     src, dst = tmp_path / 'timm.pth', tmp_path / 'mmsk.pth'
     torch.save(ref.state_dict(), src)
     convert_checkpoint('mobilenetv2_050', str(src), str(dst), progress=None)
-    cfg = Config.fromstring(
-        torch.load(dst, weights_only=True)['meta']['cfg'], '.py')
+    cfg = config_from_checkpoint(str(dst))
     assert cfg.model.head.num_classes == 10
     model = init_model(cfg, str(dst)).eval()
     x = torch.randn(2, 3, 64, 64)

@@ -4,8 +4,9 @@
 backbone config that reproduces it; :func:`convert_state_dict` renames the
 weights; :func:`convert_checkpoint` writes an mmengine checkpoint whose
 ``meta['cfg']`` is the full mmpretrain classifier config (as text), so that
-``mmpretrain.apis.init_model(Config.fromstring(meta['cfg'], '.py'), DST)``
-rebuilds the model with no other file.
+``mmpretrain.apis.init_model(mmsk.checkpoint.config_from_checkpoint(DST),
+DST)`` rebuilds the model with no other file (the text read as data, not
+run).
 """
 import re
 from typing import Callable, Dict, Optional

@@ -39,14 +39,9 @@ def checkpoint_problem(filename: str) -> Optional[str]:
         return 'no such file'
     if osp.getsize(filename) == 0:
         return 'empty file'
+    from mmsk.checkpoint import load_local_checkpoint, zip_damage
     if zipfile.is_zipfile(filename):
-        try:
-            with zipfile.ZipFile(filename) as archive:
-                bad = archive.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            return f'{type(e).__name__}: {e}'
-        return None if bad is None else f'bad CRC in record {bad!r}'
-    from mmsk.checkpoint import load_local_checkpoint
+        return zip_damage(filename)
     try:
         load_local_checkpoint(filename, map_location='cpu')
     except Exception as e:  # noqa: BLE001 - any failure means unreadable

@@ -9,10 +9,12 @@ SRC is an mmpretrain ImageClassifier checkpoint (``state_dict`` with
 ``seresnet50`` or ``res2net50-w26-s4``. DST is an mmengine checkpoint whose
 ``meta['cfg']`` holds the mmsk classifier config as text:
 
-    from mmengine.config import Config
     from mmpretrain.apis import init_model
-    ckpt = torch.load(DST, weights_only=True)
-    model = init_model(Config.fromstring(ckpt['meta']['cfg'], '.py'), DST)
+    from mmsk.checkpoint import config_from_checkpoint
+    model = init_model(config_from_checkpoint(DST), DST)
+
+``config_from_checkpoint`` reads the text as data; ``Config.fromstring``
+would run it, and a checkpoint from elsewhere could hold code there.
 """
 import sys
 

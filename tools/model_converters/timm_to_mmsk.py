@@ -8,10 +8,12 @@ checkpoint with ``state_dict``/``model``), read with ``weights_only=True``.
 DST is an mmengine checkpoint whose ``meta['cfg']`` holds the classifier
 config as text:
 
-    from mmengine.config import Config
     from mmpretrain.apis import init_model
-    ckpt = torch.load(DST, weights_only=True)
-    model = init_model(Config.fromstring(ckpt['meta']['cfg'], '.py'), DST)
+    from mmsk.checkpoint import config_from_checkpoint
+    model = init_model(config_from_checkpoint(DST), DST)
+
+``config_from_checkpoint`` reads the text as data; ``Config.fromstring``
+would run it, and a checkpoint from elsewhere could hold code there.
 """
 import sys
 
