@@ -93,3 +93,20 @@ def test_a_fitting_checkpoint_loads(trained_work_dir, tmp_path):
     saved = load_local_checkpoint(str(trained_work_dir / 'epoch_1.pth'))
     for key, value in runner.model.state_dict().items():
         assert torch.equal(value, saved['state_dict'][key]), key
+
+
+@pytest.mark.parametrize('content', [[1, 2, 3], 'weights'])
+def test_a_file_without_a_state_dict_is_named(tmp_path, content):
+    """The exact-resume hook reads the checkpoint's meta first: a file that
+    holds a list or a string failed there with an AttributeError."""
+    import torch
+
+    from mmsk.engine import CheckpointMismatchError
+    path = tmp_path / 'not_a_checkpoint.pth'
+    torch.save(content, path)
+    runner = _runner(tmp_path)
+    assert any(type(h).__name__ == 'ExactResumeHook' for h in runner.hooks)
+    with pytest.raises(CheckpointMismatchError,
+                       match=f'holds no state dict \\(got '
+                       f'{type(content).__name__}\\)'):
+        runner.load_checkpoint(str(path))

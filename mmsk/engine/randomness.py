@@ -112,6 +112,10 @@ class ExactResumeHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: Dict):
         from .loading import is_resuming
-        state = checkpoint.get('meta', {}).get('rng_state')
+        # not a dict (a file holding a list or a tensor): the strict check
+        # that runs next names the problem
+        meta = checkpoint.get('meta') if isinstance(checkpoint, dict) \
+            else None
+        state = meta.get('rng_state') if isinstance(meta, dict) else None
         if state is not None and is_resuming():
             set_rng_state(state)
