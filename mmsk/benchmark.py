@@ -76,6 +76,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmsk.utils import check_choice, check_positive_int
+from mmsk.utils.io import atomic_output, atomic_write_text, check_output_path
 
 MODES = ('infer', 'train')
 LAYOUTS = ('nchw', 'channels_last')
@@ -1330,26 +1331,48 @@ def report_record(path: str, out_dir: Optional[str] = None,
         stem or osp.splitext(osp.basename(path))[0], plot)
 
 
+def record_paths(out_dir: str, stem: str,
+                 plot: bool = False) -> List[str]:
+    """The paths of ``STEM.md`` and ``STEM.json`` in ``out_dir`` (and with
+    ``plot`` of ``STEM.png``), checked before anything is timed or written:
+    ``stem`` must be a file name without folders and ``out_dir`` a folder,
+    created when missing. ``ValueError`` naming the problem."""
+    seps = [os.sep] + ([os.altsep] if os.altsep else [])
+    if not stem or stem in ('.', '..') or any(s in stem for s in seps):
+        raise ValueError(
+            f'name {stem!r} must be a file name without folders (the '
+            'stem of the .md/.json); give the folder with --out-dir')
+    if not out_dir:
+        raise ValueError('out-dir must not be empty')
+    if osp.exists(out_dir) and not osp.isdir(out_dir):
+        raise ValueError(f'out-dir {out_dir!r} is a file, not a folder')
+    paths = [osp.join(out_dir, stem + ext)
+             for ext in ('.md', '.json') + (('.png', ) if plot else ())]
+    for path in paths:  # refuses a folder in the way, creates out_dir
+        check_output_path(path)
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ValueError(f'cannot write in out-dir {out_dir!r}: permission '
+                         'denied')
+    return paths
+
+
 def write_record(record: dict, out_dir: str, stem: Optional[str] = None,
                  plot: bool = False):
     """Write ``STEM.md`` and ``STEM.json`` into ``out_dir`` (and with
-    ``plot`` the speed ratios as ``STEM.png``); the paths of the .md and
-    the .json."""
-    os.makedirs(out_dir, exist_ok=True)
+    ``plot`` the speed ratios as ``STEM.png``), each whole or not at all
+    (:func:`~mmsk.utils.io.atomic_output`: a crash while writing keeps the
+    last); the paths of the .md and the .json. ``ValueError`` when they
+    cannot be written (:func:`record_paths`)."""
     if stem is None:
         stem = default_stem(Options(**{
             k: record['options'][k] for k in ('device', 'batch', 'sizes')}))
-    md, js = osp.join(out_dir, stem + '.md'), osp.join(out_dir, stem + '.json')
-    # each file whole or not at all: a crash while writing keeps the last
-    for path, text in ((js, json.dumps(record, indent=1)),
-                       (md, record['markdown'] + '\n')):
-        with open(path + '.tmp', 'w') as f:
-            f.write(text)
-        os.replace(path + '.tmp', path)
+    paths = record_paths(out_dir, stem, plot)
+    md, js = paths[:2]
+    atomic_write_text(json.dumps(record, indent=1), js)
+    atomic_write_text(record['markdown'] + '\n', md)
     if plot:
-        png = osp.join(out_dir, stem + '.png')
-        plot_record(record, png + '.tmp.png')
-        os.replace(png + '.tmp.png', png)
+        with atomic_output(paths[2]) as tmp:
+            plot_record(record, tmp)
     return md, js
 
 

@@ -645,3 +645,69 @@ def test_plot_title_names_precision_and_compile():
     assert benchmark.plot_title(record) == (
         'AMD EPYC, 2 threads, batch 16, bf16 autocast, '
         'eager and torch.compile, device cpu')
+
+
+def test_tool_checks_where_it_writes_before_timing(tmp_path, capsys,
+                                                   monkeypatch):
+    """A --name with folders, an --out-dir that is a file or a record path
+    that is a folder: `error: ...` before anything is timed; a missing
+    --out-dir is created before the timing."""
+    timed = []
+
+    def time_variants(variants, size, opts, progress=None):
+        timed.append(size)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmark, 'time_variants', time_variants)
+    args = ['--models', 'sknet18', '--size', '32', '--batch', '1',
+            '--repeats', '1', '--warmup', '1', '--threads', '1',
+            '--layout', 'nchw', '--modes', 'infer', '--no-memory']
+
+    def error(*more):
+        assert run_tool(*args, *more) == 1
+        err = capsys.readouterr().err
+        assert err.startswith('error: ') and 'Traceback' not in err, err
+        return err
+
+    out = tmp_path / 'out'
+    assert "name 'a/b/c' must be a file name without folders" in error(
+        '--out-dir', str(out), '--name', 'a/b/c')
+    assert not out.exists()
+    for name in ('..', '.'):
+        assert 'must be a file name' in error('--out-dir', str(out),
+                                              '--name', name)
+    (tmp_path / 'file').write_text('not a folder')
+    assert 'is a file, not a folder' in error(
+        '--out-dir', str(tmp_path / 'file'), '--name', 'run')
+    assert 'cannot create folder' in error(
+        '--out-dir', str(tmp_path / 'file' / 'sub'), '--name', 'run')
+    (tmp_path / 'taken' / 'run.json').mkdir(parents=True)
+    assert 'run.json' in error('--out-dir', str(tmp_path / 'taken'),
+                               '--name', 'run')
+    (tmp_path / 'taken' / 'other.png').mkdir()
+    assert 'other.png' in error('--out-dir', str(tmp_path / 'taken'),
+                              '--name', 'other', '--plot')
+    assert timed == []
+    # a missing folder is made before the timing starts
+    assert run_tool(*args, '--out-dir', str(out / 'deep'), '--name',
+                    'run') == 130
+    assert timed == [32] and (out / 'deep').is_dir()
+    with pytest.raises(ValueError, match='must be a file name'):
+        benchmark.write_record({'markdown': ''}, str(tmp_path), 'a/b')
+
+
+def test_tool_report_checks_where_it_writes(tmp_path, capsys):
+    stored = tmp_path / 'stored.json'
+    stored.write_text(open(f'{ROOT}/benchmarks/cpu_160_r4_deploy.json')
+                      .read())
+    (tmp_path / 'file').write_text('not a folder')
+    for more, message in (
+            (['--name', 'x/y'], "name 'x/y' must be a file name"),
+            (['--out-dir', str(tmp_path / 'file')], 'is a file, not a '
+             'folder')):
+        assert run_tool('--report', str(stored), *more) == 1
+        err = capsys.readouterr().err
+        assert err.startswith('error: ') and message in err, err
+    assert not (tmp_path / 'x').exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['file',
+                                                          'stored.json']

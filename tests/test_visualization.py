@@ -307,6 +307,212 @@ def test_cli_runs_on_a_config_and_reports_bad_input(tmp_path, capsys):
     assert 'no SE module' in capsys.readouterr().err
 
 
+def test_16bit_images_give_the_numbers_of_their_8bit_version(digits,
+                                                             tmp_path):
+    """A 16-bit PNG is read on the 0-255 scale of the models' mean / std:
+    its images, SK weights and SE excitation are those of the same picture
+    in 8 bits (within rounding), not ~257 times larger."""
+    import cv2
+
+    from mmsk.visualization import load_images, se_weights, sk_attention
+    few = digits.images[:4]
+    for i, img in enumerate(few):
+        for bits, pixels in ((8, img), (16, img.astype(np.uint16) * 257)):
+            folder = tmp_path / f'png{bits}'
+            folder.mkdir(exist_ok=True)
+            assert cv2.imwrite(str(folder / f'{i}.png'), pixels)
+    eight = load_images([str(tmp_path / 'png8')])
+    sixteen = load_images([str(tmp_path / 'png16')])
+    assert cv2.imread(str(tmp_path / 'png16' / '0.png'),
+                      cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    for a, b in zip(eight.images, sixteen.images):
+        assert a.dtype == np.uint8 and b.dtype == np.float32
+        np.testing.assert_allclose(b, a, atol=1e-3)
+    # any 16-bit value, not only multiples of 257: within 8-bit rounding
+    noise = np.random.default_rng(0).integers(0, 65536, (8, 8), np.uint16)
+    assert cv2.imwrite(str(tmp_path / 'noise.png'), noise)
+    (read, ) = load_images([str(tmp_path / 'noise.png')]).images
+    np.testing.assert_allclose(read, noise / 257, atol=1e-3)
+    assert read.max() <= 255
+    # the same numbers from both tools
+    model = classifier(SK_MODELS['sknet18-paper'])
+    a, b = (sk_attention.analyze(model, images, str(tmp_path / name),
+                                 scales=(1.0, 2.0), progress=False)
+            for name, images in (('sk8', eight), ('sk16', sixteen)))
+    for ua, ub in zip(a['units'], b['units']):
+        # scale 1: the same input; scale 2: uint8 resizing rounds
+        np.testing.assert_allclose(ua['mean_weight'][0],
+                                   ub['mean_weight'][0], atol=1e-5)
+        np.testing.assert_allclose(ua['mean_weight'][1],
+                                   ub['mean_weight'][1], atol=2e-3)
+    model = classifier(dict(type='SENet', depth=18, **TINY))
+    a, b = (se_weights.analyze(model, images, str(tmp_path / name),
+                               progress=False)
+            for name, images in (('se8', eight), ('se16', sixteen)))
+    for ba, bb in zip(a['blocks'], b['blocks']):
+        np.testing.assert_allclose(ba['mean'], bb['mean'], atol=1e-5)
+    # pixels of another type: a clear error, not a wrong figure
+    from mmsk.visualization.inputs import to_8bit_range
+    with pytest.raises(ValueError, match='float32 pixels, give an 8- or '
+                       '16-bit image'):
+        to_8bit_range(np.zeros((4, 4), np.float32), 'x.tif')
+
+
+def _tiny_cli_setup(tmp_path):
+    """The config, its tiny --cfg-options and a checkpoint of that model."""
+    from mmengine.runner import save_checkpoint
+
+    from mmsk.visualization.inputs import load_model
+    config = f'{ROOT}/configs/sknet/sknet18-cifar_1xb64_mnist5k.py'
+    tiny = ['model.backbone.stem_channels=8', 'model.backbone.base_channels=8',
+            'model.head.in_channels=64']
+    net = load_model(config, None, cfg_options={
+        k: int(v) for k, v in (o.split('=') for o in tiny)})
+    ckpt = str(tmp_path / 'tiny.pth')
+    save_checkpoint(net.state_dict(), ckpt)
+    return config, tiny, net, ckpt
+
+
+def test_cli_refuses_a_checkpoint_that_does_not_fit(tmp_path, capsys):
+    """A checkpoint of another model: `error: ...` naming the keys, exit 1
+    (not a traceback); what loading accepts as it is still loads."""
+    from mmengine.runner import save_checkpoint
+
+    from mmsk.engine import CheckpointMismatchError
+    from mmsk.visualization.cli import se_weights_main, sk_attention_main
+    from mmsk.visualization.inputs import load_model
+    config, tiny, net, ckpt = _tiny_cli_setup(tmp_path)
+    options = {k: int(v) for k, v in (o.split('=') for o in tiny)}
+    state = net.state_dict()
+    wider = {k: torch.zeros(v.shape[0] + 1, *v.shape[1:])
+             if k == 'head.fc.weight' else v for k, v in state.items()}
+    fewer = {k: v for k, v in state.items() if k != 'head.fc.bias'}
+    more = dict(state, **{'head.extra': torch.zeros(1)})
+    cases = [(wider, 'mis-shaped keys: head.fc.weight (checkpoint '
+              '(11, 64), model (10, 64))'),
+             (fewer, '1 missing keys: head.fc.bias'),
+             (more, '1 unexpected keys: head.extra')]
+    for i, (sd, message) in enumerate(cases):
+        bad = str(tmp_path / f'bad{i}.pth')
+        save_checkpoint(sd, bad)
+        for main in (sk_attention_main, se_weights_main):
+            assert main([config, bad, '--dataset', 'built-in',
+                         '--max-images', '2', '--out', str(tmp_path / 'o'),
+                         '--cfg-options', *tiny]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith(f'error: checkpoint {bad!r} does not fit '
+                                  'the model ImageClassifier') and \
+                message in err, err
+        with pytest.raises(CheckpointMismatchError, match='missing|unexp|mis'):
+            load_model(config, bad, cfg_options=options)
+    assert not (tmp_path / 'o').exists()
+    # a DataParallel prefix and no num_batches_tracked load as before
+    plain = {'module.' + k: v for k, v in state.items()
+             if not k.endswith('num_batches_tracked')}
+    save_checkpoint(plain, str(tmp_path / 'plain.pth'))
+    loaded = load_model(config, str(tmp_path / 'plain.pth'),
+                        cfg_options=options)
+    for k, v in loaded.state_dict().items():
+        if not k.endswith('num_batches_tracked'):
+            torch.testing.assert_close(v, state[k])
+
+
+def test_load_weights_takes_what_loading_renames(tmp_path):
+    """The fit check compares keys as loading sees them: mmpretrain's
+    ``conv.0/1/2`` keys of MobileNetV2 blocks load (renamed), as before."""
+    import re
+
+    from mmengine.runner import save_checkpoint
+
+    from mmsk.visualization.inputs import load_weights
+    state = classifier(SK_MODELS['sk-mobilenet-v2']).state_dict()
+    legacy = {}
+    for key, value in state.items():
+        found = re.match(r'(.*layer\d+\.\d+)\.(expand|depthwise|project)\.'
+                         r'(.*)', key)
+        if found:
+            block, part, rest = found.groups()
+            parts = (['expand'] if f'{block}.expand.conv.weight' in state
+                     else []) + ['depthwise', 'project']
+            key = f'{block}.conv.{parts.index(part)}.{rest}'
+        legacy[key] = value
+    assert sum(k not in state for k in legacy) > 10
+    save_checkpoint(legacy, str(tmp_path / 'legacy.pth'))
+    model = classifier(SK_MODELS['sk-mobilenet-v2'])
+    for value in model.state_dict().values():
+        value.zero_()
+    load_weights(model, str(tmp_path / 'legacy.pth'))
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+
+
+def test_cli_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    from mmsk.visualization.cli import se_weights_main, sk_attention_main
+    config = f'{ROOT}/configs/sknet/sknet18-cifar_1xb64_mnist5k.py'
+    tiny = ['model.backbone.stem_channels=8', 'model.backbone.base_channels=8',
+            'model.head.in_channels=64']
+    (tmp_path / 'file').write_text('keep me')
+    for main in (sk_attention_main, se_weights_main):
+        assert main([config, 'none', '--dataset', 'built-in',
+                     '--max-images', '2', '--out', str(tmp_path / 'file'),
+                     '--cfg-options', *tiny]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith('error: cannot write') and \
+            'is not a folder' in err, err
+    assert (tmp_path / 'file').read_text() == 'keep me'
+    # a folder where an output file goes: refused before the analysis
+    (tmp_path / 'out' / 'sk_attention.json').mkdir(parents=True)
+    assert sk_attention_main([
+        config, 'none', '--dataset', 'built-in', '--max-images', '2',
+        '--out', str(tmp_path / 'out'), '--cfg-options', *tiny]) == 1
+    assert 'sk_attention.json' in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == [
+        'sk_attention.json']
+
+
+def test_outputs_are_written_whole_or_not_at_all(tmp_path):
+    """A figure, CSV or JSON whose writing fails keeps the file of an
+    earlier run, and leaves no temporary file behind."""
+    from mmsk.visualization import plotting
+    old = {name: f'old {name}' for name in ('a.png', 'a.csv', 'a.json')}
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+
+    plt = plotting.pyplot()
+    fig = plt.figure()
+
+    def crash(path, **kwargs):
+        with open(path, 'wb') as f:
+            f.write(b'\x89PNG half a figure')
+        raise OSError('disk full')
+
+    fig.savefig = crash
+    with pytest.raises(OSError, match='disk full'):
+        plotting.save_figure(fig, str(tmp_path / 'a.png'))
+    assert not plt.fignum_exists(fig.number)  # closed all the same
+
+    def rows():
+        yield [1, 2.0]
+        raise RuntimeError('no more rows')
+
+    with pytest.raises(RuntimeError, match='no more rows'):
+        plotting.write_csv(str(tmp_path / 'a.csv'), ['x', 'y'], rows())
+    with pytest.raises(TypeError, match='not JSON serializable'):
+        plotting.write_json(str(tmp_path / 'a.json'),
+                            dict(numbers=list(range(5000)), bad=object()))
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == old
+    # and when they succeed, the new files replace the old ones whole
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    plotting.save_figure(fig, str(tmp_path / 'a.png'))
+    assert (tmp_path / 'a.png').read_bytes()[:4] == b'\x89PNG'
+    plotting.write_csv(str(tmp_path / 'a.csv'), ['x', 'y'], [[1, 0.5]])
+    assert (tmp_path / 'a.csv').read_text().splitlines() == ['x,y', '1,0.5']
+    plotting.write_json(str(tmp_path / 'a.json'), dict(a=[1, 2]))
+    assert json.loads((tmp_path / 'a.json').read_text()) == dict(a=[1, 2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(old)
+
+
 # --- Grad-CAM (mmpretrain's vis_cam.py) on mmsk classifiers ---------------
 
 

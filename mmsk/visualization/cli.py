@@ -7,9 +7,11 @@ import sys
 from typing import Optional, Sequence
 
 from mmsk.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
+from mmsk.engine.loading import CheckpointMismatchError
 
+# ValueError includes mmsk.utils.io.OutputPathError (an --out that is a file)
 INPUT_ERRORS = (KeyError, ValueError, FileNotFoundError, UnsafeCheckpointError,
-                CorruptCheckpointError)
+                CorruptCheckpointError, CheckpointMismatchError)
 
 
 def _parser(doc: str) -> argparse.ArgumentParser:

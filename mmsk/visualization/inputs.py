@@ -16,7 +16,8 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
 
 
 class ImageSet:
-    """Images (``H x W`` or ``H x W x C`` uint8 arrays) with optional labels.
+    """Images (``H x W`` or ``H x W x C`` arrays on the 0-255 scale: uint8,
+    or float32 for images read from 16-bit files) with optional labels.
 
     Args:
         images (list[np.ndarray]): The images.
@@ -101,12 +102,30 @@ def _list_images(folder: str) -> List[Tuple[str, Optional[str]]]:
     return found
 
 
+def to_8bit_range(img: np.ndarray, path: str = 'image') -> np.ndarray:
+    """An image on the 0-255 scale the models' ``mean`` / ``std`` are
+    given in: uint8 as it is, 16-bit (uint16) scaled by ``255 / 65535``
+    to float32 (no rounding, so the 16 bits are kept). Other types (e.g.
+    a float TIFF, whose range is unknown) give ``ValueError``.
+
+    >>> to_8bit_range(np.array([[0, 257, 65535]], np.uint16)).tolist()
+    [[0.0, 1.0, 255.0]]
+    """
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return (img.astype(np.float64) * (255 / 65535)).astype(np.float32)
+    raise ValueError(f'{path}: {img.dtype} pixels, give an 8- or 16-bit '
+                     f'image (uint8 or uint16)')
+
+
 def load_images(paths: Sequence[str],
                 max_images: Optional[int] = None,
                 flag: str = 'unchanged') -> ImageSet:
     """Read image files and folders (see the module doc for labels).
 
     Labels are set only when every image lies in a class sub-folder.
+    16-bit images are scaled to the 0-255 scale (:func:`to_8bit_range`).
     """
     import mmcv
     if not paths:
@@ -132,7 +151,7 @@ def load_images(paths: Sequence[str],
         img = mmcv.imread(path, flag=flag, channel_order='rgb')
         if img is None:
             raise ValueError(f'cannot read image {path}')
-        images.append(img)
+        images.append(to_8bit_range(img, path))
     labels = classes = None
     if all(label is not None for _, label in entries):
         classes = sorted({label for _, label in entries})
@@ -200,16 +219,51 @@ def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, 'backbone', model)
 
 
+def load_weights(model: torch.nn.Module, checkpoint: str) -> dict:
+    """Load ``checkpoint`` into ``model`` strictly; returns the checkpoint.
+
+    A checkpoint that does not fit (keys missing, unexpected or of another
+    shape) raises :class:`~mmsk.engine.CheckpointMismatchError` naming the
+    keys, before any weight changes. Keys are compared as loading sees
+    them: without a leading ``module.``, blocks that load another key
+    layout renamed (``rename_pretrained_keys``), and BatchNorm's
+    ``num_batches_tracked`` optional, as MMEngine has it.
+    """
+    import re
+
+    from mmengine.runner.checkpoint import (_load_checkpoint,
+                                            _load_checkpoint_to_model)
+
+    from mmsk.engine.loading import check_checkpoint_fits
+    loaded = _load_checkpoint(checkpoint, map_location='cpu')
+    state_dict = loaded.get('state_dict', loaded) \
+        if isinstance(loaded, dict) else loaded
+    if isinstance(state_dict, dict):
+        state_dict = {re.sub(r'^module\.', '', k): v
+                      for k, v in state_dict.items()}
+        for name, m in model.named_modules():
+            if hasattr(m, 'rename_pretrained_keys'):
+                m.rename_pretrained_keys(state_dict,
+                                         f'{name}.' if name else '')
+        for key, value in model.state_dict().items():
+            if key.endswith('num_batches_tracked'):
+                state_dict.setdefault(key, value)
+    check_checkpoint_fits(
+        model, {'state_dict': state_dict}, f'checkpoint {checkpoint!r}',
+        revise_keys=(), hint='Give a checkpoint of this config\'s model '
+        '(with the same --cfg-options)')
+    return _load_checkpoint_to_model(model, loaded, strict=True)
+
+
 def load_model(config: str,
                checkpoint: Optional[str],
                device: str = 'cpu',
                cfg_options: Optional[dict] = None) -> torch.nn.Module:
     """Build ``config``'s model in its own default scope (mmpretrain,
     mmdet, mmseg) and load ``checkpoint`` (None: keep the initial
-    weights). The model is in eval mode."""
+    weights) with :func:`load_weights`. The model is in eval mode."""
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
-    from mmengine.runner import load_checkpoint
 
     import mmsk  # noqa: F401  (registers models, safe checkpoint loading)
     if not osp.isfile(config):
@@ -224,7 +278,7 @@ def load_model(config: str,
     if checkpoint is not None:
         if not osp.isfile(checkpoint):
             raise FileNotFoundError(f'no such checkpoint: {checkpoint}')
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+        load_weights(model, checkpoint)
     else:
         model.init_weights()
     return model.to(device).eval()

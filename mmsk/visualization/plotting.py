@@ -1,9 +1,15 @@
-"""Small helpers for the look-inside figures and tables (matplotlib, Agg)."""
+"""Small helpers for the look-inside figures and tables (matplotlib, Agg).
+
+Every file is written whole or not at all, through
+:func:`mmsk.utils.io.atomic_output`: a crash or an error while writing
+keeps the file of an earlier run (or none), never half a file.
+"""
 import csv
 import json
-import os
 import os.path as osp
 from typing import Iterable, Sequence
+
+from mmsk.utils.io import atomic_output, atomic_write_text, check_output_path
 
 
 def pyplot():
@@ -13,28 +19,37 @@ def pyplot():
     return plt
 
 
+def check_outputs(out_dir: str, names: Iterable[str]) -> None:
+    """Check, before any work, that the files ``names`` can be written in
+    ``out_dir`` (created when missing): ``OutputPathError`` (a
+    ``ValueError``) when ``out_dir`` is a file or a name is a folder."""
+    for name in names:
+        check_output_path(osp.join(out_dir, name))
+
+
 def save_figure(fig, path: str, dpi: int = 90) -> str:
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches='tight')
-    pyplot().close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches='tight',
+                        format=osp.splitext(path)[1][1:] or 'png')
+    finally:
+        pyplot().close(fig)
     return path
 
 
 def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence]):
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    with open(path, 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow([
-                f'{v:.6g}' if isinstance(v, float) else v for v in row])
+    with atomic_output(path) as tmp:
+        with open(tmp, 'w', newline='', encoding='utf-8') as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for row in rows:
+                writer.writerow([
+                    f'{v:.6g}' if isinstance(v, float) else v for v in row])
     return path
 
 
 def write_json(path: str, data) -> str:
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(data, f, indent=1)
+    atomic_write_text(json.dumps(data, indent=1), path)
     return path
 
 

@@ -23,7 +23,8 @@ import torch
 from mmsk.models.layers.attention import SEAttention
 from mmsk.utils import check_positive_int
 from .inputs import ImageSet, backbone_of, module_name, to_input
-from .plotting import pyplot, save_figure, write_csv, write_json
+from .plotting import (check_outputs, pyplot, save_figure, write_csv,
+                       write_json)
 
 
 def find_se_units(model: torch.nn.Module) -> List[tuple]:
@@ -272,7 +273,13 @@ def analyze(model: torch.nn.Module,
             meta: Optional[dict] = None,
             progress: bool = True) -> dict:
     """Collect, summarize, plot and write; returns the summary with the
-    written ``files``."""
+    written ``files``. Where they go is checked first (``out_dir`` is
+    created; a file there gives ``OutputPathError``)."""
+    check_outputs(out_dir, [
+        'se_weights.png', 'se_weights.json', 'se_weights_blocks.csv',
+        'se_weights_channels.csv'
+    ] + (['se_weights_specificity.png']
+         if images.labels is not None else []))
     collected = collect_se_excitation(model, images, blocks, device,
                                       batch_size, progress)
     summary = summarize(collected)

@@ -26,7 +26,8 @@ from mmsk.models.layers.selective_kernel import SKConv, attention_weights
 from mmsk.utils import check_positive_int
 from .inputs import (ImageSet, backbone_of, check_scales, enlarge,
                      module_name, to_input)
-from .plotting import pyplot, save_figure, scale_label, write_csv, write_json
+from .plotting import (check_outputs, pyplot, save_figure, scale_label,
+                       write_csv, write_json)
 
 def find_sk_units(model: torch.nn.Module) -> List[tuple]:
     """``(name, SKConv)`` of every SK unit, in module order."""
@@ -480,7 +481,13 @@ def analyze(model: torch.nn.Module,
             meta: Optional[dict] = None,
             progress: bool = True) -> dict:
     """Collect, summarize, plot and write; returns the summary with the
-    written ``files``."""
+    written ``files``. Where they go is checked first (``out_dir`` is
+    created; a file there gives ``OutputPathError``)."""
+    check_outputs(out_dir, [
+        'sk_attention_difference.png', 'sk_attention_channels.png',
+        'sk_attention.json', 'sk_attention_units.csv',
+        'sk_attention_channels.csv'
+    ] + (['sk_attention_classes.png'] if images.labels is not None else []))
     collected = collect_sk_attention(model, images, scales, unit, device,
                                      batch_size, progress)
     summary = summarize(collected)

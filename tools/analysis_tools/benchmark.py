@@ -23,7 +23,8 @@ import sys
 from mmsk.benchmark import (AMP_CHOICES, COMPARISONS, DEVICES,
                             LAYOUT_CHOICES, MODES, Options, ParityError,
                             default_stem, load_record, profile_model,
-                            report_record, run_benchmark, write_record)
+                            record_paths, report_record, run_benchmark,
+                            write_record)
 from mmsk.utils import check_positive_int
 
 
@@ -69,7 +70,8 @@ def build_parser():
     parser.add_argument('--out-dir',
                         help='where the .md/.json go (default: benchmarks, '
                         "or with --resume the record's folder)")
-    parser.add_argument('--name', help='file stem of the .md/.json')
+    parser.add_argument('--name', help='file stem of the .md/.json (a '
+                        'file name: the folder is --out-dir)')
     parser.add_argument('--plot', action='store_true',
                         help='also draw the speed ratios (mmsk / peer) as '
                         'a .png beside the .md')
@@ -221,6 +223,8 @@ def main(argv=None):
             stem = stem or osp.splitext(osp.basename(args.resume))[0]
             out_dir = args.out_dir or osp.dirname(args.resume) or '.'
         stem = stem or default_stem(opts)
+        # where the record goes, checked before the (long) timing
+        record_paths(out_dir, stem, args.plot)
 
         def save(partial):
             saved[:] = write_record(partial, out_dir, stem, args.plot)
@@ -230,6 +234,7 @@ def main(argv=None):
         record = run_benchmark(
             opts, command, progress=lambda msg: print(msg, flush=True),
             previous=previous, on_update=save)
+        md, js = write_record(record, out_dir, stem, args.plot)
     except KeyboardInterrupt:
         print(f'interrupted: {_kept(saved, argv)}', file=sys.stderr)
         return 130
@@ -242,7 +247,6 @@ def main(argv=None):
         if saved:
             print(_kept(saved, argv), file=sys.stderr)
         raise
-    md, js = write_record(record, out_dir, stem, args.plot)
     print('\n' + record['markdown'])
     print(f'wrote {md} and {js}' +
           (f" and {osp.join(out_dir, stem + '.png')}" if args.plot else ''))
