@@ -594,3 +594,20 @@ def test_pretrained_checkpoints_that_do_not_fit_are_explained(tmp_path):
                        r"set prefix='backbone.'"):
         init(checkpoint=str(classifier))
     init(checkpoint=str(classifier), prefix='backbone')  # as MMEngine's
+
+
+def test_attention_layers_check_their_arguments_and_input():
+    from mmsk.models.layers import SEAttention
+    from mmsk.models.layers.attention import reduced_channels
+    for options, pattern in [(dict(divisor=0), 'divisor must be a positive'),
+                             (dict(channels=-64), 'channels must be a '
+                              'positive'),
+                             (dict(reduction='16'), 'reduction must be a '
+                              'number'),
+                             (dict(reduction=0), 'reduction must be a '
+                              'number in')]:
+        with pytest.raises(ValueError, match=f'reduced_channels: {pattern}'):
+            reduced_channels(**dict(dict(channels=64), **options))
+    with pytest.raises(ValueError, match=r'SEAttention expects input of '
+                       r'shape \(N, 8, H, W\), got \(8, 8, 8\)'):
+        SEAttention(8)(torch.rand(8, 8, 8))

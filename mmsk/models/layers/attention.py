@@ -18,8 +18,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from mmsk.registry import register_model
-from mmsk.utils import (check_act_cfg, check_bool, check_conv_cfg,
-                        check_non_negative_int, check_norm_cfg,
+from mmsk.utils import (check_act_cfg, check_bool, check_channels,
+                        check_conv_cfg, check_non_negative_int, check_norm_cfg,
                         check_options, check_positive_int,
                         check_positive_number, optional)
 from ..deploy import Deployable
@@ -75,8 +75,11 @@ def reduced_channels(channels: int,
     >>> reduced_channels(64, reduction=8, divisor=16)
     16
     """
-    if not reduction or reduction <= 0:
-        raise ValueError(f'reduction must be > 0, got {reduction!r}')
+    check_options('reduced_channels', locals(), dict(
+        channels=check_positive_int,
+        reduction=check_positive_number,
+        divisor=optional(check_positive_int),
+        min_channels=check_non_negative_int))
     if divisor is None:
         width = int(channels // reduction)
     else:
@@ -186,6 +189,7 @@ class ChannelAttention(Deployable, BaseModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: the (fused) feature map ``(B, C, H, W)``."""
+        check_channels(self, x, self.in_channels)
         w = spatial_mean(x)
         w = self.reduce(w)
         if isinstance(self.norm, _BatchNorm) and self.norm.training:
