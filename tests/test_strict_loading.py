@@ -110,3 +110,32 @@ def test_a_file_without_a_state_dict_is_named(tmp_path, content):
                        match=f'holds no state dict \\(got '
                        f'{type(content).__name__}\\)'):
         runner.load_checkpoint(str(path))
+
+
+def test_the_strict_check_sees_keys_as_loading_does():
+    """What mmengine's loader accepts the check accepts too: mmpretrain's
+    MobileNetV2 key layout (renamed on load) and a state dict without
+    BatchNorm's num_batches_tracked; a wrong key is still named."""
+    import torch
+    from mmpretrain.registry import MODELS
+
+    from conftest import build_backbone
+    from mmsk.engine import CheckpointMismatchError
+    from mmsk.engine.loading import check_checkpoint_fits
+    torch.manual_seed(0)
+    ref = MODELS.build(dict(type='MobileNetV2', widen_factor=0.5,
+                            out_indices=(1, 2, 4, 6)))
+    model = build_backbone(dict(type='mmsk.InvertedResidualNet',
+                                widen_factor=0.5, out_indices=(1, 2, 4, 6)))
+    legacy = {k: v for k, v in ref.state_dict().items()
+              if not k.startswith('conv2.')}  # mmpretrain's unused conv
+    assert any('.conv.0.' in k for k in legacy)
+    check_checkpoint_fits(model, {'state_dict': legacy})
+    check_checkpoint_fits(model, {
+        k: v for k, v in model.state_dict().items()
+        if not k.endswith('num_batches_tracked')})
+    legacy['layer1.0.conv.0.conv.weight'] = torch.zeros(1)
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'layer1\.0\.depthwise\.conv\.weight '
+                       r'\(checkpoint \(1,\)'):
+        check_checkpoint_fits(model, {'state_dict': legacy})

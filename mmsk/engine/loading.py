@@ -36,14 +36,31 @@ def _revise(state_dict: Dict, revise_keys) -> Dict:
     return state_dict
 
 
+def keys_as_loaded(model, state_dict: Dict) -> Dict:
+    """``state_dict`` with the keys that loading renames renamed: blocks
+    that also load another key layout (mmpretrain's MobileNetV2
+    ``conv.0/1/2``) do it in ``rename_pretrained_keys``, which their
+    ``_load_from_state_dict`` calls."""
+    state_dict = dict(state_dict)
+    for name, module in model.named_modules():
+        if hasattr(module, 'rename_pretrained_keys'):
+            module.rename_pretrained_keys(state_dict,
+                                          f'{name}.' if name else '')
+    return state_dict
+
+
 def state_dict_mismatch(
         model, state_dict: Dict
 ) -> Tuple[List[str], List[str], List[Tuple[str, tuple, tuple]]]:
-    """``(missing, unexpected, mis_shaped)`` keys of ``state_dict`` against
+    """``(missing, unexpected, mis_shaped)`` keys of ``state_dict`` (keys
+    renamed as loading renames them, :func:`keys_as_loaded`) against
     ``model.state_dict()``; ``mis_shaped`` holds ``(key, checkpoint shape,
-    model shape)``."""
+    model shape)``. BatchNorm's ``num_batches_tracked`` may be missing, as
+    MMEngine's loader has it."""
+    state_dict = keys_as_loaded(model, state_dict)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
+    missing = sorted(k for k in set(expected) - set(state_dict)
+                     if not k.endswith('num_batches_tracked'))
     unexpected = sorted(set(state_dict) - set(expected))
     mis_shaped = []
     for key in sorted(set(expected) & set(state_dict)):

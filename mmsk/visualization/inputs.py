@@ -223,35 +223,20 @@ def load_weights(model: torch.nn.Module, checkpoint: str) -> dict:
     """Load ``checkpoint`` into ``model`` strictly; returns the checkpoint.
 
     A checkpoint that does not fit (keys missing, unexpected or of another
-    shape) raises :class:`~mmsk.engine.CheckpointMismatchError` naming the
-    keys, before any weight changes. Keys are compared as loading sees
-    them: without a leading ``module.``, blocks that load another key
-    layout renamed (``rename_pretrained_keys``), and BatchNorm's
-    ``num_batches_tracked`` optional, as MMEngine has it.
+    shape, compared as loading sees them:
+    :func:`~mmsk.engine.loading.check_checkpoint_fits`) raises
+    :class:`~mmsk.engine.CheckpointMismatchError` naming the keys, before
+    any weight changes.
     """
-    import re
-
     from mmengine.runner.checkpoint import (_load_checkpoint,
                                             _load_checkpoint_to_model)
 
     from mmsk.engine.loading import check_checkpoint_fits
     loaded = _load_checkpoint(checkpoint, map_location='cpu')
-    state_dict = loaded.get('state_dict', loaded) \
-        if isinstance(loaded, dict) else loaded
-    if isinstance(state_dict, dict):
-        state_dict = {re.sub(r'^module\.', '', k): v
-                      for k, v in state_dict.items()}
-        for name, m in model.named_modules():
-            if hasattr(m, 'rename_pretrained_keys'):
-                m.rename_pretrained_keys(state_dict,
-                                         f'{name}.' if name else '')
-        for key, value in model.state_dict().items():
-            if key.endswith('num_batches_tracked'):
-                state_dict.setdefault(key, value)
     check_checkpoint_fits(
-        model, {'state_dict': state_dict}, f'checkpoint {checkpoint!r}',
-        revise_keys=(), hint='Give a checkpoint of this config\'s model '
-        '(with the same --cfg-options)')
+        model, loaded, f'checkpoint {checkpoint!r}',
+        hint='Give a checkpoint of this config\'s model (with the same '
+        '--cfg-options)')
     return _load_checkpoint_to_model(model, loaded, strict=True)
 
 

@@ -17,6 +17,7 @@ from mmengine.model.weight_init import PretrainedInit
 from mmengine.runner.checkpoint import _load_checkpoint
 from torch import nn
 
+from mmsk.engine.loading import keys_as_loaded
 from mmsk.utils.validation import check_pretrained_cfg
 
 #: How many keys of each kind an error message lists.
@@ -97,11 +98,8 @@ def check_pretrained(module: nn.Module, init_cfg) -> None:
     cfg = pretrained_cfg(init_cfg)
     if cfg is None:
         return
-    source = pretrained_state_dict(cfg)
     # blocks that load other layouts rename their keys as loading would
-    for name, m in module.named_modules():
-        if hasattr(m, 'rename_pretrained_keys'):
-            m.rename_pretrained_keys(source, f'{name}.' if name else '')
+    source = keys_as_loaded(module, pretrained_state_dict(cfg))
     target = module.state_dict()
     missing = [
         k for k in target
