@@ -130,18 +130,12 @@ def test_deploy_refuses_what_it_cannot_fold():
         model.switch_to_deploy()
 
 
-def test_mmpretrain_reparameterize_tool_on_an_mmsk_checkpoint(
-        trained_work_dir, tmp_path):
-    """mmpretrain's own tools/model_converters/reparameterize_model.py folds
-    an mmsk classifier; the folded checkpoint, loaded with
-    ``model.backbone.deploy=True``, predicts what the original does."""
-    from mmpretrain.apis import init_model
-
-    from conftest import MAIN_CONFIG, TINY_OPTIONS
-    from mmsk.utils.tools import mmpretrain_tool_path
+def _tiny_config(tmp_path, **options):
+    """A config file of the main job at tiny width (with ``options``): the
+    reparameterize tool takes no --cfg-options. Returns (path, Config)."""
     from mmengine.config import Config
 
-    # the tool takes no --cfg-options: a config file with the tiny widths
+    from conftest import MAIN_CONFIG, TINY_OPTIONS
     model_options = {
         key: int(value)
         for key, value in (o.split('=') for o in TINY_OPTIONS)
@@ -150,10 +144,31 @@ def test_mmpretrain_reparameterize_tool_on_an_mmsk_checkpoint(
     config = tmp_path / 'tiny.py'
     config.write_text(f'_base_ = [{MAIN_CONFIG!r}]\n')
     cfg = Config.fromfile(str(config))
-    cfg.merge_from_dict(model_options)
+    cfg.merge_from_dict(dict(model_options, **options))
     cfg.dump(str(config))
+    return config, cfg
+
+
+def _tiny_checkpoint(cfg, path, seed=0):
+    """A checkpoint of ``cfg``'s model with non-trivial norm statistics."""
+    from mmpretrain.registry import MODELS
+    torch.manual_seed(seed)
+    model = randomize_bn(MODELS.build(copy.deepcopy(cfg.model)), seed)
+    torch.save({'state_dict': model.state_dict(), 'meta': {'seed': seed}},
+               path)
+    return path
+
+
+def test_reparameterize_tool_on_a_trained_checkpoint(trained_work_dir,
+                                                     tmp_path):
+    """tools/model_converters/reparameterize_model.py (mmpretrain's
+    arguments) folds a trained mmsk classifier; the folded checkpoint,
+    loaded with ``model.backbone.deploy=True``, predicts what the original
+    does."""
+    from mmpretrain.apis import init_model
+
+    config, cfg = _tiny_config(tmp_path)
     folded = tmp_path / 'folded.pth'
-    assert mmpretrain_tool_path('model_converters/reparameterize_model.py')
     proc = run_python(args=[
         f'{ROOT}/tools/model_converters/reparameterize_model.py',
         str(config),
@@ -172,3 +187,115 @@ def test_mmpretrain_reparameterize_tool_on_an_mmsk_checkpoint(
         got = deployed(x, mode='tensor')
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_reparameterize_keeps_meta_and_loads_strictly_deployed(tmp_path):
+    """The folded checkpoint keeps ``meta``, fits a ``deploy=True`` model
+    exactly (strict) and predicts what the original does."""
+    from mmsk.deploy import build_classifier
+    from mmsk.deploy.cli import reparameterize
+    config, cfg = _tiny_config(tmp_path)
+    ckpt = _tiny_checkpoint(cfg, tmp_path / 'model.pth')
+    out = tmp_path / 'deploy' / 'folded.pth'  # a new folder
+    lines = []
+    assert reparameterize(str(config), str(ckpt), str(out),
+                          log=lines.append) == str(out)
+    assert lines[-1] == f'Done! Save at path "{out}"'
+    folded = torch.load(out, weights_only=True)
+    assert folded['meta'] == {'seed': 0}
+    original = build_classifier(copy.deepcopy(cfg), str(ckpt))
+    cfg.merge_from_dict({'model.backbone.deploy': True})
+    deployed = build_classifier(cfg, str(out))
+    assert not any(isinstance(m, _BatchNorm) for m in deployed.modules())
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            deployed(x, mode='tensor'), original(x, mode='tensor'),
+            atol=1e-4, rtol=1e-4)
+
+
+def test_reparameterize_tool_refuses_a_checkpoint_that_does_not_fit(
+        tmp_path):
+    """A checkpoint of another model (here: the weights under 'model', as
+    some other tools save them) is an error naming the keys, not a folded
+    random model; nothing is written."""
+    config, cfg = _tiny_config(tmp_path)
+    ckpt = _tiny_checkpoint(cfg, tmp_path / 'model.pth')
+    state_dict = torch.load(ckpt, weights_only=True)['state_dict']
+    torch.save({'model': state_dict}, ckpt)
+    out = tmp_path / 'folded.pth'
+    proc = run_python(args=[
+        f'{ROOT}/tools/model_converters/reparameterize_model.py',
+        str(config), str(ckpt), str(out)
+    ], check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: checkpoint '{ckpt}' does not fit the model")
+    assert 'missing keys: backbone.' in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('bad', ['deeper', 'wider', 'list'])
+def test_reparameterize_refuses_other_checkpoints(bad, tmp_path, capsys):
+    from mmsk.deploy.cli import reparameterize_main
+    config, cfg = _tiny_config(tmp_path)
+    ckpt = tmp_path / 'model.pth'
+    other = copy.deepcopy(cfg)
+    if bad == 'deeper':  # a checkpoint of SKNet-34
+        other.merge_from_dict({'model.backbone.depth': 34})
+        _tiny_checkpoint(other, ckpt)
+        want = 'unexpected keys: backbone.layer1.2.'
+    elif bad == 'wider':
+        other.merge_from_dict({
+            'model.backbone.base_channels': 16,
+            'model.head.in_channels': 128
+        })
+        _tiny_checkpoint(other, ckpt)
+        want = 'mis-shaped keys: '
+    else:
+        torch.save([1, 2], ckpt)
+        want = 'holds no state dict'
+    out = tmp_path / 'folded.pth'
+    assert reparameterize_main([str(config), str(ckpt), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert want in err and err.startswith('error: ')
+    assert not out.exists()
+
+
+def test_reparameterize_refuses_to_write_over_its_input(tmp_path, capsys):
+    from mmsk.deploy.cli import reparameterize_main
+    config, cfg = _tiny_config(tmp_path)
+    ckpt = _tiny_checkpoint(cfg, tmp_path / 'model.pth')
+    before = ckpt.read_bytes()
+    (tmp_path / 'sub').mkdir()
+    (tmp_path / 'link.pth').symlink_to(ckpt)
+    for out in [ckpt, tmp_path / 'sub' / '..' / 'model.pth',
+                tmp_path / 'link.pth', config]:
+        assert reparameterize_main([str(config), str(ckpt), str(out)]) == 1
+        assert 'refusing to overwrite' in capsys.readouterr().err
+    assert ckpt.read_bytes() == before
+    assert reparameterize_main([str(config), str(ckpt), str(tmp_path)]) == 1
+    assert 'is a folder' in capsys.readouterr().err
+
+
+def test_reparameterize_writes_atomically(tmp_path, monkeypatch):
+    """A save that fails half-way leaves the old output, and no other
+    file."""
+    from mmsk.deploy.cli import reparameterize
+    config, cfg = _tiny_config(tmp_path)
+    ckpt = _tiny_checkpoint(cfg, tmp_path / 'model.pth')
+    out = tmp_path / 'folded.pth'
+    out.write_bytes(b'the old file')
+    files = sorted(p.name for p in tmp_path.iterdir())
+
+    def half_save(obj, f, *args, **kwargs):
+        with open(f, 'wb') as file:
+            file.write(b'half a checkpoint')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(torch, 'save', half_save)
+    with pytest.raises(OSError, match='disk full'):
+        reparameterize(str(config), str(ckpt), str(out), log=lambda _: None)
+    assert out.read_bytes() == b'the old file'
+    assert sorted(p.name for p in tmp_path.iterdir()) == files

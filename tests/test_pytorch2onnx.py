@@ -14,8 +14,8 @@ import copy
 import pytest
 import torch
 
-from conftest import MAIN_CONFIG, ROOT, build_backbone, randomize_bn, \
-    run_python
+from conftest import MAIN_CONFIG, ROOT, TINY_OPTIONS, build_backbone, \
+    randomize_bn, run_python
 from test_backbones import BACKBONES, FAMILIES
 
 SHAPE = (32, 32)
@@ -63,6 +63,26 @@ def save_checkpoint(cfg, path):
     return str(path)
 
 
+# the main config at tiny width: --cfg-options of the CLI tests
+TINY = [o for o in TINY_OPTIONS if o.startswith('model.')]
+
+
+def tiny_main_config(*options):
+    """The main config with ``TINY`` and ``options`` (``key=value``)."""
+    from mmengine.config import Config, DictAction
+    cfg = Config.fromfile(MAIN_CONFIG)
+    cfg.merge_from_dict({
+        key: DictAction._parse_iterable(value)
+        for key, value in (o.split('=', 1) for o in TINY + list(options))
+    })
+    return cfg
+
+
+def tiny_checkpoint(path, *options):
+    """A checkpoint of the model of ``tiny_main_config(*options)``."""
+    return save_checkpoint(tiny_main_config(*options), path)
+
+
 @pytest.mark.parametrize('mode,shape,exporter', WAYS,
                          ids=['-'.join(w) for w in WAYS])
 @pytest.mark.parametrize('case', sorted(CASES))
@@ -103,12 +123,8 @@ def test_real_inputs_are_normalized_digits():
 
 
 def test_tool_cli_exits_0_within_tolerance_and_1_over_it(tmp_path):
-    tiny = [
-        'model.backbone.stem_channels=8', 'model.backbone.base_channels=8',
-        'model.head.in_channels=64'
-    ]
-    cfg = classifier_config('sknet18-paper')
-    ckpt = save_checkpoint(cfg, tmp_path / 'model.pth')
+    tiny = TINY
+    ckpt = tiny_checkpoint(tmp_path / 'model.pth')
     tool = f'{ROOT}/tools/deployment/pytorch2onnx.py'
     args = [tool, MAIN_CONFIG, ckpt, '--shape', '28', '28', '--exporter',
             'torchscript', '--out', str(tmp_path / 'm.onnx'),
@@ -159,3 +175,171 @@ def test_deploy_true_config_with_folded_checkpoint(case, tmp_path):
     x = torch.randn(1, 1, *SHAPE)
     from mmsk.deploy import verify_onnx
     assert verify_onnx(model, result['out'], x)['input'] <= 1e-4
+
+
+def _tool(capsys, *args):
+    """``pytorch2onnx.py MAIN_CONFIG *args --cfg-options TINY`` in this
+    process: (exit code, stdout, stderr)."""
+    from mmsk.deploy.cli import main
+    code = main([MAIN_CONFIG, *map(str, args), '--cfg-options', *TINY])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(err):
+    """The ``error: ...`` line of ``err``; no traceback, no other error."""
+    assert 'Traceback' not in err, err
+    lines = [line for line in err.splitlines() if line.startswith('error:')]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_tool_refuses_to_write_over_its_input(tmp_path, capsys):
+    """--out naming the checkpoint (or the config), also through ../ or a
+    symlink, is refused before any work: the input is left as it was."""
+    ckpt = tiny_checkpoint(tmp_path / 'model.pth')
+    before = (tmp_path / 'model.pth').read_bytes()
+    (tmp_path / 'sub').mkdir()
+    (tmp_path / 'link.onnx').symlink_to(tmp_path / 'model.pth')
+    config = tmp_path / 'tiny.py'
+    config.write_text(f'_base_ = [{MAIN_CONFIG!r}]\n')
+    for out in [ckpt, tmp_path / 'sub' / '..' / 'model.pth',
+                tmp_path / 'link.onnx']:
+        code, _, err = _tool(capsys, ckpt, '--shape', 28, 28,
+                             '--exporter', 'torchscript', '--out', out)
+        assert code == 1
+        assert 'refusing to overwrite' in _one_line_error(err)
+        assert (tmp_path / 'model.pth').read_bytes() == before
+    from mmsk.deploy.cli import main
+    assert main([str(config), ckpt, '--shape', '28', '28', '--out',
+                 str(config), '--cfg-options', *TINY]) == 1
+    assert 'refusing to overwrite' in capsys.readouterr().err
+    assert config.read_text() == f'_base_ = [{MAIN_CONFIG!r}]\n'
+
+
+def test_tool_output_folder_and_missing_parents(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / 'model.pth')
+    code, _, err = _tool(capsys, ckpt, '--shape', 28, 28, '--out', tmp_path)
+    assert code == 1
+    assert 'is a folder' in _one_line_error(err)
+    out = tmp_path / 'new' / 'folder' / 'model.onnx'
+    code, stdout, err = _tool(capsys, ckpt, '--shape', 28, 28, '--exporter',
+                              'torchscript', '--out', out)
+    assert code == 0, err
+    assert f'ok; wrote {out}' in stdout
+    import onnx
+    onnx.checker.check_model(str(out))
+    # one self-contained file: no temporary or external-data file left
+    assert sorted(p.name for p in out.parent.iterdir()) == ['model.onnx']
+
+
+@pytest.mark.parametrize('exporter', ['dynamo', 'torchscript'])
+def test_export_is_atomic(exporter, tmp_path, monkeypatch):
+    """An export that fails half-way leaves the old file, and no other."""
+    from mmsk.deploy import build_classifier, export_onnx
+    model = build_classifier(tiny_main_config())
+    out = tmp_path / 'model.onnx'
+    out.write_bytes(b'the old file')
+
+    def half_export(module, args, f, **kwargs):
+        with open(f, 'wb') as file:
+            file.write(b'half an ONNX file')
+        raise RuntimeError('the export crashed')
+
+    monkeypatch.setattr(torch.onnx, 'export', half_export)
+    with pytest.raises(RuntimeError, match='crashed'):
+        export_onnx(model, str(out), (28, 28), exporter=exporter)
+    assert out.read_bytes() == b'the old file'
+    assert [p.name for p in tmp_path.iterdir()] == ['model.onnx']
+
+
+@pytest.mark.parametrize('bad', ['model-key', 'deeper', 'wider'])
+def test_tool_loads_the_checkpoint_strictly(bad, tmp_path, capsys):
+    """A checkpoint that does not fit the config's model is refused, naming
+    the keys, instead of exporting a partly random model."""
+    path = tmp_path / 'model.pth'
+    if bad == 'model-key':  # the weights under another key
+        tiny_checkpoint(path)
+        state_dict = torch.load(path, weights_only=True)['state_dict']
+        torch.save({'model': state_dict}, path)
+        want = 'missing keys: backbone.'
+    elif bad == 'deeper':  # a checkpoint of SKNet-34
+        tiny_checkpoint(path, 'model.backbone.depth=34')
+        want = 'unexpected keys: backbone.layer1.2.'
+    else:
+        tiny_checkpoint(path, 'model.backbone.base_channels=16',
+                        'model.head.in_channels=128')
+        want = 'mis-shaped keys: '
+    out = tmp_path / 'model.onnx'
+    code, stdout, err = _tool(capsys, path, '--shape', 28, 28, '--exporter',
+                              'torchscript', '--out', out)
+    assert code == 1, stdout
+    line = _one_line_error(err)
+    assert want in line and 'does not fit the model' in line
+    assert not out.exists()
+
+
+def _unsafe_checkpoint(path):
+    import os
+
+    class Hostile:
+
+        def __reduce__(self):
+            return os.system, ('echo pwned', )
+
+    torch.save({'state_dict': Hostile()}, path)
+
+
+BAD_INPUTS = {
+    'corrupt': (lambda p: p.write_bytes(b'PK\x03\x04 not a checkpoint'), (),
+                'corrupt'),
+    'unsafe': (_unsafe_checkpoint, (), 'Refused to load'),
+    'list': (lambda p: torch.save([1, 2], p), (), 'holds no state dict'),
+    'opset-too-high': (None, ('--opset', '99'), 'give an opset in [7, '),
+    'opset-too-low': (None, ('--opset', '6'), 'give an opset in [7, '),
+    'torchscript-opset': (None, ('--exporter', 'torchscript', '--opset',
+                                 '21'), 'torchscript exporter'),
+    'tolerance-nan': (None, ('--tolerance', 'nan'), '--tolerance'),
+    'tolerance-inf': (None, ('--tolerance', 'inf'), '--tolerance'),
+    'tolerance-negative': (None, ('--tolerance', '-1'), '--tolerance'),
+    'tolerance-0': (None, ('--tolerance', '0'), '--tolerance'),
+}
+
+
+@pytest.mark.parametrize('bad', sorted(BAD_INPUTS))
+def test_tool_bad_input_is_a_one_line_error(bad, tmp_path, capsys):
+    write, options, want = BAD_INPUTS[bad]
+    path = tmp_path / 'model.pth'
+    tiny_checkpoint(path)
+    if write is not None:
+        write(path)
+    out = tmp_path / 'model.onnx'
+    code, _, err = _tool(capsys, path, '--shape', 28, 28, '--out', out,
+                         *options)
+    assert code == 1
+    assert want in _one_line_error(err)
+    assert not out.exists()
+
+
+def test_opset_range_is_torchs():
+    from torch.onnx import _constants
+
+    from mmsk.deploy.onnx import check_opset, opset_range
+    assert opset_range('dynamo') == (7, _constants.ONNX_MAX_OPSET)
+    assert opset_range('torchscript')[1] == \
+        _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    assert check_opset('dynamo') == 18 and check_opset('torchscript') == 17
+    assert check_opset('torchscript', 11) == 11
+    with pytest.raises(ValueError, match=r'\[7, '):
+        check_opset('dynamo', 6)
+
+
+def test_export_refuses_an_opset_torch_did_not_write(tmp_path):
+    """The dynamo exporter falls back to opset 18 when it cannot convert the
+    model to the opset asked for: that is an error, and no file."""
+    from mmsk.deploy import build_classifier, export_onnx
+    model = build_classifier(tiny_main_config())
+    out = tmp_path / 'model.onnx'
+    with pytest.raises(ValueError, match='exported opset 18 instead'):
+        export_onnx(model, str(out), (28, 28), opset=7)
+    assert list(tmp_path.iterdir()) == []

@@ -264,18 +264,10 @@ def test_class_specificity_by_hand():
 
 
 def test_cli_runs_on_a_config_and_reports_bad_input(tmp_path, capsys):
-    from mmengine.runner import save_checkpoint
-
     from mmsk.visualization.cli import se_weights_main, sk_attention_main
-    from mmsk.visualization.inputs import load_model
-    config = f'{ROOT}/configs/sknet/sknet18-cifar_1xb64_mnist5k.py'
-    tiny = ['model.backbone.stem_channels=8', 'model.backbone.base_channels=8',
-            'model.head.in_channels=64']
+
     # a checkpoint of the tiny model, read back through the safe loader
-    net = load_model(config, None, cfg_options={
-        k: int(v) for k, v in (o.split('=') for o in tiny)})
-    ckpt = str(tmp_path / 'tiny.pth')
-    save_checkpoint(net.state_dict(), ckpt)
+    config, tiny, net, ckpt = _tiny_cli_setup(tmp_path)
     out = tmp_path / 'sk'
     argv = [config, ckpt, '--dataset', 'built-in', '--max-images', '4',
             '--scales', '1', '2', '--out', str(out), '--cfg-options', *tiny]
@@ -417,14 +409,14 @@ def test_cli_refuses_a_checkpoint_that_does_not_fit(tmp_path, capsys):
             torch.testing.assert_close(v, state[k])
 
 
-def test_load_weights_takes_what_loading_renames(tmp_path):
+def test_strict_loading_takes_what_loading_renames(tmp_path):
     """The fit check compares keys as loading sees them: mmpretrain's
     ``conv.0/1/2`` keys of MobileNetV2 blocks load (renamed), as before."""
     import re
 
     from mmengine.runner import save_checkpoint
 
-    from mmsk.visualization.inputs import load_weights
+    from mmsk.engine.loading import load_checkpoint_strict
     state = classifier(SK_MODELS['sk-mobilenet-v2']).state_dict()
     legacy = {}
     for key, value in state.items():
@@ -441,7 +433,7 @@ def test_load_weights_takes_what_loading_renames(tmp_path):
     model = classifier(SK_MODELS['sk-mobilenet-v2'])
     for value in model.state_dict().values():
         value.zero_()
-    load_weights(model, str(tmp_path / 'legacy.pth'))
+    load_checkpoint_strict(model, str(tmp_path / 'legacy.pth'))
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, state[key])
 

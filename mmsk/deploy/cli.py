@@ -1,5 +1,14 @@
 """``tools/deployment/pytorch2onnx.py``: export an mmsk classifier to ONNX
-and prove the file with onnxruntime against PyTorch."""
+and prove the file with onnxruntime against PyTorch; and
+``tools/model_converters/reparameterize_model.py``: fold a classifier
+checkpoint for inference.
+
+Both load the checkpoint strictly (a checkpoint that does not fit the
+config's model is refused, naming the keys), write their output atomically
+(never over an input, missing folders created: :mod:`mmsk.utils.io`), and end
+bad input (a missing, corrupt, unsafe or unfitting checkpoint, a bad output
+path, opset or tolerance) with ``error: ...`` on stderr and exit code 1.
+"""
 import argparse
 import os.path as osp
 import sys
@@ -7,8 +16,17 @@ from typing import Optional, Sequence
 
 from mmengine.config import DictAction
 
+from mmsk.converters.cli import INPUT_ERRORS
+from mmsk.engine.loading import CheckpointMismatchError
+from mmsk.utils import check_positive_number
+from mmsk.utils.io import atomic_save, check_output_path
+
 from .onnx import (DEFAULT_OPSETS, TOLERANCE, build_classifier, check_inputs,
-                   export_onnx, verify_onnx)
+                   check_opset, export_onnx, load_checkpoint_strict,
+                   verify_onnx)
+
+#: What the tools turn into ``error: ...`` and exit code 1.
+TOOL_ERRORS = INPUT_ERRORS + (TypeError, CheckpointMismatchError)
 
 
 def pytorch2onnx(config,
@@ -25,21 +43,28 @@ def pytorch2onnx(config,
     """Export, then compare with PyTorch on random and real inputs.
 
     ``config`` is a file or a :class:`mmengine.config.Config`; ``out``
-    defaults to ``CONFIG_NAME.onnx`` for a file.
+    defaults to ``CONFIG_NAME.onnx`` for a file. The checkpoint is loaded
+    strictly (:func:`~mmsk.deploy.onnx.load_checkpoint_strict`); ``out``
+    (never the checkpoint or the config) is written atomically.
 
     Returns:
         dict: ``out`` (the file), ``diffs`` (input -> max abs diff) and
         ``max_diff``.
     """
     from mmengine.config import Config
+    inputs = [checkpoint]
     if isinstance(config, str):
         if out is None:
             out = osp.splitext(osp.basename(config))[0] + '.onnx'
         if not osp.isfile(config):
             raise FileNotFoundError(f'config file {config} does not exist')
+        inputs.append(config)
         config = Config.fromfile(config)
     elif out is None:
         raise ValueError('out is needed when config is not a file')
+    # refuse a bad output or opset before any work
+    out = check_output_path(out, inputs)
+    check_opset(exporter, opset)
     if cfg_options:
         config.merge_from_dict(cfg_options)
     model = build_classifier(config, checkpoint, deploy=deploy)
@@ -49,7 +74,7 @@ def pytorch2onnx(config,
         f'{opset or DEFAULT_OPSETS.get(exporter)}, '
         f'{"dynamic" if dynamic else "static"} shape) to {out}')
     export_onnx(model, out, shape, dynamic=dynamic, features=features,
-                exporter=exporter, opset=opset)
+                exporter=exporter, opset=opset, inputs=inputs)
     diffs = verify_onnx(model, out,
                         check_inputs(model, shape, dynamic=dynamic),
                         features=features)
@@ -81,21 +106,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="torch.onnx.export's exporter (default: dynamo)")
     parser.add_argument('--opset', type=int,
                         help='opset (default: 18 for dynamo, 17 for '
-                        'torchscript)')
+                        "torchscript; at most what torch's exporter "
+                        'supports)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
     parser.add_argument('--tolerance', type=float, default=TOLERANCE,
                         help=f'max abs diff allowed (default: {TOLERANCE})')
     args = parser.parse_args(argv)
-    if args.tolerance <= 0:
-        parser.error(f'--tolerance must be > 0, got {args.tolerance}')
     try:
+        check_positive_number('--tolerance', args.tolerance)
         result = pytorch2onnx(args.config, args.checkpoint, args.shape,
                               out=args.out, dynamic=args.dynamic,
                               deploy=args.deploy, features=args.features,
                               exporter=args.exporter, opset=args.opset,
                               cfg_options=args.cfg_options)
-    except (FileNotFoundError, ValueError, TypeError, KeyError) as e:
+    except TOOL_ERRORS as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     diff = result['max_diff']
@@ -103,3 +128,56 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'max abs diff {diff:.3g} (tolerance {args.tolerance:g}): '
           f'{verdict}; wrote {result["out"]}')
     return 0 if diff <= args.tolerance else 1
+
+
+def reparameterize(config, checkpoint: str, out: str, log=print) -> str:
+    """Fold the classifier checkpoint ``checkpoint`` of ``config`` (a file or
+    a :class:`mmengine.config.Config`) for inference
+    (``model.backbone.switch_to_deploy()``) and save it to ``out``.
+
+    The checkpoint is loaded strictly, so a checkpoint of another model is
+    refused instead of folding random weights; ``out`` keeps what else the
+    checkpoint holds (``meta``) and is written atomically, never over the
+    checkpoint or the config. Load it with ``model.backbone.deploy=True``.
+
+    Returns:
+        str: ``out``.
+    """
+    inputs = [checkpoint] + ([config] if isinstance(config, str) else [])
+    out = check_output_path(out, inputs)
+    if not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
+    model = build_classifier(config)
+    loaded = load_checkpoint_strict(
+        model, checkpoint,
+        hint="Give a checkpoint of this config's (unfolded) model")
+    switch = getattr(model.backbone, 'switch_to_deploy', None)
+    if switch is None:
+        raise TypeError(f'{type(model.backbone).__name__} has no '
+                        'switch_to_deploy(): nothing to fold')
+    log('Converting...')
+    switch()
+    folded = dict(loaded) if 'state_dict' in loaded else {}
+    folded['state_dict'] = model.state_dict()
+    atomic_save(folded, out, inputs)
+    log(f'Done! Save at path "{out}"')
+    return out
+
+
+def reparameterize_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        description='Fold an mmsk classifier checkpoint for inference '
+        '(model.backbone.switch_to_deploy()); load the result with '
+        '--cfg-options model.backbone.deploy=True.')
+    parser.add_argument('config_path', help='config file of the model')
+    parser.add_argument('checkpoint_path',
+                        help='checkpoint of that model (unfolded)')
+    parser.add_argument('save_path', help='the folded checkpoint to write')
+    args = parser.parse_args(argv)
+    try:
+        reparameterize(args.config_path, args.checkpoint_path,
+                       args.save_path)
+    except TOOL_ERRORS as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    return 0

@@ -8,6 +8,13 @@ Two exporters of ``torch.onnx.export`` are supported:
   upstream fault.
 - ``'torchscript'`` (``dynamo=False``, the older exporter): opset 17.
 
+The opsets each exporter of the installed torch supports are
+:func:`opset_range`; the file is written atomically (never half a file, never
+over one of the inputs: :mod:`mmsk.utils.io`) and holds its weights (no
+``.onnx.data`` file next to it). :func:`build_classifier` loads checkpoints
+strictly: a checkpoint that does not fit the config's model raises
+:class:`~mmsk.engine.loading.CheckpointMismatchError` naming the keys.
+
 Example:
     >>> cfg = 'configs/sknet/sknet18-cifar_1xb64_mnist5k.py'
     >>> model = build_classifier(cfg, 'sknet18.pth')
@@ -17,24 +24,55 @@ Example:
     >>> max(diffs.values()) <= TOLERANCE
     True
 """
+import os
 import os.path as osp
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from mmsk.engine.loading import load_checkpoint_strict
 from mmsk.utils import check_choice, check_positive_int
+from mmsk.utils.io import atomic_output
 
 #: exporter -> the opset it is used at by default (its lowest working one)
 DEFAULT_OPSETS = {'dynamo': 18, 'torchscript': 17}
 TOLERANCE = 1e-4
 
 
+def opset_range(exporter: str = 'dynamo') -> Tuple[int, int]:
+    """The lowest and highest opset that ``exporter`` of the installed torch
+    exports to (``torch.onnx``'s own bounds)."""
+    check_choice('exporter', exporter, tuple(DEFAULT_OPSETS))
+    from torch.onnx import _constants
+    low = getattr(_constants, 'ONNX_MIN_OPSET', 7)
+    high = getattr(_constants, 'ONNX_MAX_OPSET', DEFAULT_OPSETS['dynamo'])
+    if exporter == 'torchscript':
+        high = getattr(_constants, 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET',
+                       high)
+    return low, high
+
+
+def check_opset(exporter: str = 'dynamo', opset: Optional[int] = None) -> int:
+    """``opset`` (:data:`DEFAULT_OPSETS` when None), checked against
+    :func:`opset_range`; raises ValueError naming the range."""
+    low, high = opset_range(exporter)
+    if opset is None:
+        return DEFAULT_OPSETS[exporter]
+    opset = check_positive_int('opset', opset)
+    if not low <= opset <= high:
+        raise ValueError(f'opset {opset} is not supported by the {exporter} '
+                         f'exporter of torch {torch.__version__}: give an '
+                         f'opset in [{low}, {high}]')
+    return opset
+
+
 def build_classifier(config,
                      checkpoint: Optional[str] = None,
                      deploy: bool = False) -> nn.Module:
     """The eval-mode model of an mmpretrain config (a path or a Config), with
-    ``checkpoint`` loaded; ``deploy=True`` then folds the backbone
+    ``checkpoint`` loaded strictly (:func:`load_checkpoint_strict`);
+    ``deploy=True`` then folds the backbone
     (``model.backbone.switch_to_deploy()``, mmpretrain's convention)."""
     import mmsk  # noqa: F401  (registers the backbones)
     from mmengine.config import Config
@@ -45,7 +83,16 @@ def build_classifier(config,
         config = Config.fromfile(config)
     if checkpoint is not None and not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
-    model = init_model(config, checkpoint, device='cpu').eval()
+    model = init_model(config, None, device='cpu')
+    if checkpoint is not None:
+        loaded = load_checkpoint_strict(
+            model, checkpoint,
+            hint="Give a checkpoint of this config's model (with "
+            '--cfg-options model.backbone.deploy=True for a folded one)')
+        meta = loaded.get('meta') or {}
+        if isinstance(meta, dict) and 'dataset_meta' in meta:
+            model._dataset_meta = meta['dataset_meta']  # as init_model does
+    model.eval()
     if deploy:
         switch = getattr(model.backbone, 'switch_to_deploy', None)
         if switch is None:
@@ -102,8 +149,11 @@ def export_onnx(model: nn.Module,
                 dynamic: bool = False,
                 features: bool = False,
                 exporter: str = 'dynamo',
-                opset: Optional[int] = None) -> str:
-    """Export ``model`` (an mmpretrain classifier) to ``out``.
+                opset: Optional[int] = None,
+                inputs: Iterable[Optional[str]] = ()) -> str:
+    """Export ``model`` (an mmpretrain classifier) to ``out``, atomically
+    (:func:`mmsk.utils.io.atomic_output`: missing folders are created, and
+    an error leaves no file).
 
     Args:
         model: Eval-mode classifier (:func:`build_classifier`).
@@ -113,7 +163,10 @@ def export_onnx(model: nn.Module,
         dynamic (bool): Dynamic batch, height and width. Defaults to False.
         features (bool): Export the backbone's outputs instead of the logits.
         exporter (str): ``'dynamo'`` or ``'torchscript'``.
-        opset (int, optional): Defaults to :data:`DEFAULT_OPSETS`.
+        opset (int, optional): In :func:`opset_range`. Defaults to
+            :data:`DEFAULT_OPSETS`.
+        inputs (list[str]): Files the export reads (checkpoint, config):
+            ``out`` may not be one of them.
 
     Returns:
         str: ``out``.
@@ -121,8 +174,7 @@ def export_onnx(model: nn.Module,
     check_choice('exporter', exporter, tuple(DEFAULT_OPSETS))
     height, width = _check_shape(shape)
     check_positive_int('batch', batch)
-    opset = DEFAULT_OPSETS[exporter] if opset is None else \
-        check_positive_int('opset', opset)
+    opset = check_opset(exporter, opset)
     module = ExportModule(model, features).eval()
     x = torch.rand(batch, _in_channels(model), height, width)
     output_names = module.output_names(x)
@@ -130,6 +182,14 @@ def export_onnx(model: nn.Module,
         opset_version=opset,
         input_names=['input'],
         output_names=output_names)
+    with atomic_output(out, inputs) as tmp:
+        _export(module, x, tmp, exporter, dynamic, output_names, kwargs)
+        _check_written(tmp, out, opset)
+    return out
+
+
+def _export(module, x, out, exporter, dynamic, output_names, kwargs):
+    """``torch.onnx.export`` of ``module`` on ``x`` to ``out``."""
     if exporter == 'dynamo':
         if dynamic:
             from torch.export import Dim
@@ -138,7 +198,10 @@ def export_onnx(model: nn.Module,
                 2: Dim.AUTO,
                 3: Dim.AUTO
             }, )
-        torch.onnx.export(module, (x, ), out, dynamo=True, **kwargs)
+        # weights in the file: an external-data file would be named after
+        # the temporary file of atomic_output
+        torch.onnx.export(module, (x, ), out, dynamo=True,
+                          external_data=False, **kwargs)
     else:
         if dynamic:
             axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
@@ -151,9 +214,30 @@ def export_onnx(model: nn.Module,
             # the TorchScript-based exporter is deprecated upstream
             warnings.simplefilter('ignore', DeprecationWarning)
             torch.onnx.export(module, (x, ), out, dynamo=False, **kwargs)
+
+
+def _check_written(tmp: str, out: str, opset: int):
+    """Check the exported file ``tmp`` (to be renamed to ``out``): one
+    self-contained file (an external-data file would be named after
+    ``tmp``), valid, at the opset asked for (the dynamo exporter falls back
+    to its own opset when it cannot convert)."""
     import onnx
-    onnx.checker.check_model(out)
-    return out
+    data = f'{tmp}.data'
+    if osp.exists(data):
+        size = osp.getsize(data)
+        os.remove(data)
+        if size:
+            raise ValueError(f'cannot write {out!r}: the model is too large '
+                             'for one ONNX file (torch saved its weights '
+                             'as external data)')
+    onnx.checker.check_model(tmp)
+    proto = onnx.load(tmp, load_external_data=False)
+    written = next((o.version for o in proto.opset_import
+                    if o.domain in ('', 'ai.onnx')), None)
+    if written != opset:
+        raise ValueError(f'torch exported opset {written} instead of the '
+                         f'opset {opset} asked for (it could not convert '
+                         f'the model): give another --opset')
 
 
 def real_inputs(model: nn.Module,

@@ -107,6 +107,28 @@ def check_checkpoint_fits(model, checkpoint, filename: str = 'checkpoint',
         + '; '.join(parts) + (f'. {hint}' if hint else ''))
 
 
+def load_checkpoint_strict(model, filename: str,
+                           hint: Optional[str] = None) -> dict:
+    """Load the checkpoint ``filename`` into ``model`` strictly, for tools
+    outside a Runner (ONNX export, folding, the look-inside tools); returns
+    what the file holds.
+
+    The file is read by MMEngine's loader (for local files mmsk's safe
+    loader: ``UnsafeCheckpointError``, ``CorruptCheckpointError``) and
+    checked with :func:`check_checkpoint_fits`, the check of
+    ``tools/test.py``, before any weight changes: a file that holds no
+    state dict, or one with missing, unexpected or mis-shaped keys, raises
+    :class:`CheckpointMismatchError` naming them (``hint`` appended).
+    """
+    from mmengine.runner.checkpoint import (_load_checkpoint,
+                                            _load_checkpoint_to_model)
+    loaded = _load_checkpoint(filename, map_location='cpu')
+    check_checkpoint_fits(model, loaded, f'checkpoint {filename!r}',
+                          hint=hint)
+    _load_checkpoint_to_model(model, loaded, strict=True)
+    return loaded
+
+
 def is_resuming() -> bool:
     """Whether the Runner of this thread is inside ``Runner.resume``."""
     return getattr(_policy, 'resuming', False)

@@ -219,38 +219,20 @@ def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, 'backbone', model)
 
 
-def load_weights(model: torch.nn.Module, checkpoint: str) -> dict:
-    """Load ``checkpoint`` into ``model`` strictly; returns the checkpoint.
-
-    A checkpoint that does not fit (keys missing, unexpected or of another
-    shape, compared as loading sees them:
-    :func:`~mmsk.engine.loading.check_checkpoint_fits`) raises
-    :class:`~mmsk.engine.CheckpointMismatchError` naming the keys, before
-    any weight changes.
-    """
-    from mmengine.runner.checkpoint import (_load_checkpoint,
-                                            _load_checkpoint_to_model)
-
-    from mmsk.engine.loading import check_checkpoint_fits
-    loaded = _load_checkpoint(checkpoint, map_location='cpu')
-    check_checkpoint_fits(
-        model, loaded, f'checkpoint {checkpoint!r}',
-        hint='Give a checkpoint of this config\'s model (with the same '
-        '--cfg-options)')
-    return _load_checkpoint_to_model(model, loaded, strict=True)
-
-
 def load_model(config: str,
                checkpoint: Optional[str],
                device: str = 'cpu',
                cfg_options: Optional[dict] = None) -> torch.nn.Module:
     """Build ``config``'s model in its own default scope (mmpretrain,
     mmdet, mmseg) and load ``checkpoint`` (None: keep the initial
-    weights) with :func:`load_weights`. The model is in eval mode."""
+    weights), strictly (a checkpoint of another model raises
+    :class:`~mmsk.engine.CheckpointMismatchError` naming the keys). The
+    model is in eval mode."""
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
 
     import mmsk  # noqa: F401  (registers models, safe checkpoint loading)
+    from mmsk.engine.loading import load_checkpoint_strict
     if not osp.isfile(config):
         raise FileNotFoundError(f'no such config: {config}')
     cfg = Config.fromfile(config)
@@ -263,7 +245,10 @@ def load_model(config: str,
     if checkpoint is not None:
         if not osp.isfile(checkpoint):
             raise FileNotFoundError(f'no such checkpoint: {checkpoint}')
-        load_weights(model, checkpoint)
+        load_checkpoint_strict(
+            model, checkpoint,
+            hint="Give a checkpoint of this config's model (with the same "
+            '--cfg-options)')
     else:
         model.init_weights()
     return model.to(device).eval()

@@ -1,12 +1,18 @@
-"""mmpretrain's tools/model_converters/reparameterize_model.py (same
-arguments), with mmsk's models registered: folds an mmsk classifier
-checkpoint for inference (``model.backbone.switch_to_deploy()``).
+"""Fold an mmsk classifier checkpoint for inference
+(``model.backbone.switch_to_deploy()``); the arguments of mmpretrain's
+tools/model_converters/reparameterize_model.py.
 
     python tools/model_converters/reparameterize_model.py CONFIG CKPT OUT.pth
 
-Load the result with ``--cfg-options model.backbone.deploy=True``.
+Unlike mmpretrain's tool, the checkpoint is loaded strictly (a checkpoint of
+another model is refused, naming the keys, instead of folding random
+weights), and OUT is written atomically and never over CKPT or CONFIG; bad
+input ends with ``error: ...`` and exit code 1. Load the result with
+``--cfg-options model.backbone.deploy=True``.
 """
-from mmsk.utils.tools import run_mmpretrain_tool
+import sys
+
+from mmsk.deploy.cli import reparameterize_main
 
 if __name__ == '__main__':
-    run_mmpretrain_tool('model_converters/reparameterize_model.py')
+    sys.exit(reparameterize_main())
