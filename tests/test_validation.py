@@ -611,3 +611,17 @@ def test_attention_layers_check_their_arguments_and_input():
     with pytest.raises(ValueError, match=r'SEAttention expects input of '
                        r'shape \(N, 8, H, W\), got \(8, 8, 8\)'):
         SEAttention(8)(torch.rand(8, 8, 8))
+
+
+def test_inverted_residual_sk_slot_refuses_what_the_block_sets():
+    """attn_cfg=SKConv replaces the depthwise conv; its stride, groups and
+    widths come from the block, and giving them was silently ignored."""
+    from mmsk.models import InvertedResidualBlock
+    for key, value in [('stride', 2), ('groups', 2), ('in_channels', 4)]:
+        with pytest.raises(ValueError, match=rf"InvertedResidualBlock: "
+                           rf"attn_cfg keys \['{key}'\] are set by the block"):
+            InvertedResidualBlock(8, 8, attn_cfg=dict(type='SKConv',
+                                                      **{key: value}))
+    block = InvertedResidualBlock(8, 8, stride=2, attn_cfg=dict(
+        type='SKConv', reduction=4))
+    assert block(torch.rand(2, 8, 8, 8)).shape == (2, 8, 4, 4)

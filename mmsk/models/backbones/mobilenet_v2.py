@@ -169,6 +169,15 @@ class InvertedResidualBlock(Deployable, BaseModule):
         self.attn = None
         attn_type = None if attn_cfg is None else _attn_class(attn_cfg)
         if attn_type is SKConv:
+            set_here = sorted(set(attn_cfg) & {
+                'in_channels', 'out_channels', 'stride', 'dilation', 'groups'
+            })
+            if set_here:
+                raise ValueError(
+                    f'{type(self).__name__}: attn_cfg keys {set_here} are '
+                    f'set by the block for its depthwise SK unit (the '
+                    f'hidden width, the block\'s stride and dilation, '
+                    f'groups=hidden); remove them')
             sk_cfg = dict(
                 conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg)
             sk_cfg.update(attn_cfg)

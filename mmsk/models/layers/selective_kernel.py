@@ -100,7 +100,9 @@ class SKConv(Deployable, BaseModule):
         groups (int): Default groups of a branch conv. Defaults to 1.
         branches (Sequence[dict]): One dict per branch, keys ``kernel_size``
             (odd, default 3), ``dilation`` (default 1), ``groups`` (default
-            ``groups``). ``M = len(branches) >= 2``.
+            ``groups``; capped at the branch's input and output channels,
+            so that the 32 groups of a form also fit a narrower unit, as
+            timm caps them). ``M = len(branches) >= 2``.
         reduction (float): ``r`` of ``d = max(C / r, L)``. Defaults to 16.
         min_channels (int): ``L``. Defaults to 32.
         divisor (int, optional): Round ``C / r`` to a multiple of this
