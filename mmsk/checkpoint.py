@@ -102,6 +102,11 @@ def load_local_checkpoint(filename: str, map_location=None):
         CorruptCheckpointError: the file is truncated or not a checkpoint.
     """
     filename = osp.expanduser(filename)
+    if osp.isdir(filename):
+        raise FileNotFoundError(
+            f'{filename} is a folder, not a checkpoint file: give a .pth '
+            f'file (to resume, --resume alone picks the newest readable '
+            f'checkpoint of the work dir)')
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
     if not _looks_like_torch_file(filename):

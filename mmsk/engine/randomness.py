@@ -23,7 +23,12 @@ fixes that:
 
 The train data loader must not use ``persistent_workers=True`` with
 ``num_workers > 0`` (its workers would keep the state of earlier epochs): the
-hook refuses that with an error that says so.
+hook refuses that with an error that says so. The hook is for epoch-based
+training (``EpochBasedTrainLoop``) resumed from the end of an epoch: it
+refuses an iteration-based loop (one epoch of random state whose resume
+would start it over), and warns when a run resumes from a checkpoint saved
+mid-epoch (MMEngine's epoch loop then runs that epoch again from its start,
+so the result differs from the uninterrupted run's).
 """
 import random
 from functools import partial
@@ -87,6 +92,15 @@ class ExactResumeHook(Hook):
     priority = 'VERY_HIGH'
 
     def before_train(self, runner):
+        from mmengine.runner import EpochBasedTrainLoop
+        if not isinstance(runner.train_loop, EpochBasedTrainLoop):
+            raise ValueError(
+                f'ExactResumeHook: makes epoch-based training resume bit for '
+                f'bit, but train_cfg builds a '
+                f'{type(runner.train_loop).__name__}, whose resumed run '
+                f'would not continue the random state it stopped at. Train '
+                f'by epochs (train_cfg=dict(by_epoch=True, max_epochs=...)) '
+                f'or remove ExactResumeHook from custom_hooks')
         loader = runner.train_dataloader
         if getattr(loader, 'num_workers', 0) > 0:
             if loader.persistent_workers:
@@ -119,3 +133,24 @@ class ExactResumeHook(Hook):
         state = meta.get('rng_state') if isinstance(meta, dict) else None
         if state is not None and is_resuming():
             set_rng_state(state)
+            self._warn_mid_epoch(runner, meta)
+
+    @staticmethod
+    def _warn_mid_epoch(runner, meta: Dict):
+        from mmengine.logging import print_log
+        loader = getattr(runner, 'train_dataloader', None)
+        epoch, it = meta.get('epoch'), meta.get('iter')
+        try:
+            per_epoch = len(loader)
+        except TypeError:
+            return
+        if isinstance(epoch, int) and isinstance(it, int) and per_epoch \
+                and it != epoch * per_epoch:
+            print_log(
+                f'ExactResumeHook: this checkpoint was saved mid-epoch '
+                f'(iteration {it}, {it - epoch * per_epoch} iterations into '
+                f'epoch {epoch + 1}); the epoch loop runs that epoch again '
+                f'from its start, so the resumed run will not equal the '
+                f'uninterrupted one bit for bit. Resume from a checkpoint '
+                f'saved at the end of an epoch for that',
+                logger='current', level=30)

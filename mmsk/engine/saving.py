@@ -91,6 +91,10 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     if osp.isfile(record):
         with open(record) as f:
             named = f.read().strip() or None
+    if named and not _is_local(named):
+        # CheckpointHook(out_dir='s3://...'): mmengine's backend reads it;
+        # only local files are checked here
+        return named
     candidates = _candidates(work_dir, named)
     if not candidates:
         print_log(f'No checkpoint in {work_dir} to resume from.',
