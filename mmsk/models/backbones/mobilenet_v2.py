@@ -16,7 +16,6 @@ from numbers import Integral, Real
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.utils.checkpoint as cp
 from mmcv.cnn import ConvModule
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule, Sequential
@@ -35,7 +34,7 @@ from mmsk.utils import (BACKBONE_OPTIONS, accepted_kwargs, check_act_cfg,
                         out_indices_in, seq_of)
 from ..deploy import Deployable, fold_for_deploy
 from ..layers.config import fast_path_enabled
-from ..layers.recompute import recompute_cheap_outputs
+from ..layers.recompute import checkpoint_module, recompute_cheap_outputs
 from ..layers.selective_kernel import SKConv
 from .pretrained import check_pretrained
 
@@ -241,7 +240,7 @@ class InvertedResidualBlock(Deployable, BaseModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._inner_forward, x, use_reentrant=False)
+            return checkpoint_module(self, self._inner_forward, x)
         return self._inner_forward(x)
 
 

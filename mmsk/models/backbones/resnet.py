@@ -21,7 +21,6 @@ import math
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.utils.checkpoint as cp
 from mmcv.cnn import (ConvModule, build_activation_layer, build_conv_layer,
                       build_norm_layer)
 from mmcv.cnn.bricks import DropPath
@@ -39,7 +38,7 @@ from mmsk.utils import (BACKBONE_OPTIONS, OptionTypeError, accepted_kwargs,
                         optional, out_indices_in, seq_of)
 from ..deploy import Deployable, fold_for_deploy
 from ..layers.config import fast_path_enabled
-from ..layers.recompute import recompute_cheap_outputs
+from ..layers.recompute import checkpoint_module, recompute_cheap_outputs
 from .pretrained import check_pretrained, pretrained_cfg
 
 #: The options both block shapes share (option -> checker).
@@ -182,7 +181,7 @@ class _ResidualBlock(Deployable, BaseModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(self._inner_forward, x, use_reentrant=False)
+            out = checkpoint_module(self, self._inner_forward, x)
         else:
             out = self._inner_forward(x)
         return self.act(out)

@@ -122,3 +122,48 @@ def recomputable(out: torch.Tensor,
     if scopes and out.requires_grad:
         scopes[-1].register(out, make)
     return out
+
+
+@contextmanager
+def _running_stats_frozen(module: torch.nn.Module):
+    """BatchNorms of ``module`` that track running statistics in train mode
+    normalise with the batch's statistics as before, but leave the running
+    statistics as they are: the momentum is 0 inside (``r * (1 - 0) + m * 0
+    == r`` exactly, for finite batch statistics) and ``num_batches_tracked``
+    is put back after. The op and what autograd saves are unchanged."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    norms = [
+        m for m in module.modules() if isinstance(m, _BatchNorm)
+        and m.training and m.track_running_stats
+    ]
+    kept = [(m, m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm, momentum, tracked in kept:
+            norm.momentum = momentum
+            norm.num_batches_tracked.copy_(tracked)
+
+
+def checkpoint_module(module: torch.nn.Module, function: Callable, *args):
+    """``function(*args)`` under non-reentrant gradient checkpointing
+    (``with_cp``), whose recomputation in the backward normalises as the
+    forward did but does not update BatchNorm's running statistics (and
+    ``num_batches_tracked``) a second time.
+
+    A plain ``torch.utils.checkpoint`` of a block in train mode reruns its
+    BatchNorms in the backward, and each applies its momentum twice per
+    step: the running statistics (the eval model) then differ from the
+    same training without ``with_cp``. The recomputation uses the batch's
+    statistics either way, so outputs and gradients are unchanged.
+    """
+    from contextlib import nullcontext
+
+    from torch.utils.checkpoint import checkpoint
+    return checkpoint(
+        function,
+        *args,
+        use_reentrant=False,
+        context_fn=lambda: (nullcontext(), _running_stats_frozen(module)))
