@@ -115,15 +115,16 @@ def test_attention_slot_se_after_depthwise_and_sk_in_its_place():
 
 
 def test_with_cp_is_non_reentrant(monkeypatch):
-    import mmsk.models.backbones.mobilenet_v2 as module
+    import torch.utils.checkpoint as cp
     calls = []
-    real = module.cp.checkpoint
+    real = cp.checkpoint
 
     def spy(fn, *args, **kwargs):
         calls.append(kwargs.get('use_reentrant'))
         return real(fn, *args, **kwargs)
 
-    monkeypatch.setattr(module.cp, 'checkpoint', spy)
+    # mmsk.models.layers.recompute.checkpoint_module calls it
+    monkeypatch.setattr(cp, 'checkpoint', spy)
     model = build_backbone(dict(TINY, with_cp=True)).train()
     model(torch.rand(2, 3, 32, 32, requires_grad=True))[0].sum().backward()
     assert len(calls) == len(_blocks(model))
