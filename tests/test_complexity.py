@@ -114,3 +114,32 @@ def test_mmpretrain_get_flops_gives_mmsk_figures(config):
     # get_flops counts no head; complexity() adds the 1000-way linear layer
     assert flops == _format_size(int(ours['flops'] - feat_dim * 1000))
     assert params == _format_size(int(ours['params']))
+
+
+def test_bad_arguments_are_named(capsys):
+    """names as one string (iterated letter by letter), unknown names, a
+    backbone whose out_indices stop early (the head's input differed from
+    feat_dim), a float size, and a tolerance that turns the check off."""
+    from mmsk.utils.complexity import complexity, paper_table
+    with pytest.raises(ValueError, match='paper_table: names must be a '
+                       'list/tuple'):
+        paper_table('SKNet-50 (paper)', flops=False)
+    with pytest.raises(ValueError, match=r"paper_table: names\[0\] must be "
+                       r"one of .*got 'SKNet-50'"):
+        paper_table(['SKNet-50'], flops=False)
+    with pytest.raises(ValueError, match='complexity: backbone_cfg must be'):
+        complexity(None)
+    with pytest.raises(ValueError, match='complexity: input_size must be'):
+        complexity(dict(type='SKNet', depth=18), input_size=224.0)
+    small = dict(type='SKNet', depth=18, stem_channels=8, base_channels=8)
+    assert complexity(dict(small, out_indices=(0, )), input_size=32) == \
+        complexity(small, input_size=32)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'complexity_tool', f'{ROOT}/tools/analysis_tools/complexity.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for tolerance in ('nan', 'inf', '-1'):
+        assert tool.main(['--names', 'SK-ResNet-50 (PytorchInsight)',
+                          '--tolerance', tolerance]) == 1
+        assert '--tolerance must be a' in capsys.readouterr().err

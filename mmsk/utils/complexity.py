@@ -9,6 +9,9 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from .validation import (check_bool, check_cfg, check_option,
+                         check_positive_int, one_of, seq_of)
+
 #: name -> (backbone config, paper params, paper FLOPs or None, source)
 PAPER_FIGURES: Dict[str, tuple] = {
     'SKNet-50 (paper)':
@@ -52,7 +55,14 @@ class _Classifier(nn.Module):
 def complexity(backbone_cfg: dict,
                input_size: int = 224,
                flops: bool = True) -> Dict[str, Optional[float]]:
-    """``{'params': ..., 'flops': ...}`` of the 1000-class classifier."""
+    """``{'params': ..., 'flops': ...}`` of the 1000-class classifier on
+    the backbone's last stage (``out_indices`` of ``backbone_cfg`` is
+    ignored: every stage is built and run whatever it says)."""
+    check_option('complexity', 'backbone_cfg', backbone_cfg, check_cfg)
+    check_option('complexity', 'input_size', input_size, check_positive_int)
+    check_option('complexity', 'flops', flops, check_bool)
+    backbone_cfg = {k: v for k, v in backbone_cfg.items()
+                    if k != 'out_indices'}
     model = _Classifier(backbone_cfg).eval()
     params = float(sum(p.numel() for p in model.parameters()))
     result = dict(params=params, flops=None)
@@ -68,7 +78,11 @@ def complexity(backbone_cfg: dict,
 
 
 def paper_table(names=None, flops: bool = True, progress=None) -> list:
-    """Rows ``(name, params, paper params, flops, paper flops, source)``."""
+    """Rows ``(name, params, paper params, flops, paper flops, source)``
+    of ``names`` (a list of :data:`PAPER_FIGURES` keys; None: all)."""
+    if names is not None:
+        check_option('paper_table', 'names', names,
+                     seq_of(one_of(*PAPER_FIGURES)))
     rows = []
     for name in names or PAPER_FIGURES:
         cfg, paper_params, paper_flops, source = PAPER_FIGURES[name]

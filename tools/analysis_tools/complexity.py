@@ -10,6 +10,7 @@ import sys
 
 from mmengine.utils import ProgressBar
 
+from mmsk.utils import check_option, number_in
 from mmsk.utils.complexity import PAPER_FIGURES, paper_table
 from mmsk.utils.io import OutputPathError, atomic_write_text, check_output_path
 
@@ -29,6 +30,12 @@ def main(argv=None):
     parser.add_argument('--out', help='also write the table to this file')
     parser.add_argument('--tolerance', type=float, default=2.0)
     args = parser.parse_args(argv)
+    try:
+        check_option('complexity', '--tolerance', args.tolerance,
+                     number_in(0, None))
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     if args.out:
         try:
             check_output_path(args.out)
