@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import sys
 
 from conftest import MAIN_CONFIG, ROOT, run_python, train_tool
 
@@ -174,3 +175,35 @@ def test_test_workers_share_the_cores():
     if WORKERS > 1:
         child = run_python('import torch; print(torch.get_num_threads())')
         assert int(child.stdout) == torch.get_num_threads()
+
+
+def test_main_job_takes_relative_paths_and_says_when_no_best_exists(
+        tmp_path):
+    """CONFIG and WORK_DIR relative to the caller's folder (they were read
+    from the repository root), and a config that saves no best checkpoint
+    (a bare `ls: cannot access` before)."""
+    import subprocess
+    (tmp_path / 'cfgs').mkdir()
+    (tmp_path / 'cfgs' / 'tiny.py').write_text(f'''
+_base_ = {MAIN_CONFIG!r}
+model = dict(backbone=dict(stem_channels=8, base_channels=8),
+             head=dict(in_channels=64))
+train_dataloader = dict(dataset=dict(indices=64), num_workers=0,
+                        persistent_workers=False)
+val_dataloader = dict(dataset=dict(indices=32), num_workers=0,
+                      persistent_workers=False)
+train_cfg = dict(max_epochs=1)
+default_hooks = dict(checkpoint=dict(save_best=None))
+''')
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.run(
+        ['bash', f'{ROOT}/tools/main_job.sh', 'cfgs/tiny.py', 'work'],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert 'error: training wrote no best_*.pth in' in proc.stderr
+    assert (tmp_path / 'work' / 'epoch_1.pth').is_file()
+    proc = subprocess.run(
+        ['bash', f'{ROOT}/tools/main_job.sh', 'cfgs/missing.py'],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert 'error: no such config: cfgs/missing.py' in proc.stderr

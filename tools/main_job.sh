@@ -2,19 +2,38 @@
 # Train CONFIG on the built-in data set (best checkpoint picked on val), test
 # that checkpoint on the held-out test split, print its test top-1.
 #   tools/main_job.sh [CONFIG] [WORK_DIR]
+# CONFIG and WORK_DIR may be relative to the current folder or to the
+# repository root.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CONFIG="${1:-configs/sknet/sknet18-cifar_1xb64_mnist5k.py}"
+# a path given from another folder: make it absolute before cd "$ROOT"
+if [[ -e "$CONFIG" && "$CONFIG" != /* ]]; then
+    CONFIG="$(pwd)/$CONFIG"
+fi
 NAME="$(basename "$CONFIG" .py)"
 WORK_DIR="${2:-work_dirs/$NAME}"
+if [[ -n "${2:-}" && "$WORK_DIR" != /* ]]; then
+    WORK_DIR="$(pwd)/$WORK_DIR"
+fi
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 cd "$ROOT"
+if [[ ! -f "$CONFIG" ]]; then
+    echo "error: no such config: $1" >&2
+    exit 1
+fi
 
 start=$(date +%s)
 "$PYTHON" tools/train.py "$CONFIG" --work-dir "$WORK_DIR"
 train_s=$(( $(date +%s) - start ))
 
-best="$(ls -t "$WORK_DIR"/best_*.pth | head -n 1)"
+best="$(ls -t "$WORK_DIR"/best_*.pth 2>/dev/null | head -n 1 || true)"
+if [[ -z "$best" ]]; then
+    echo "error: training wrote no best_*.pth in $WORK_DIR: the main job" \
+        "tests the checkpoint that is best on val, so the config needs" \
+        "default_hooks.checkpoint.save_best='auto' and a val_dataloader" >&2
+    exit 1
+fi
 echo "[main] trained in ${train_s}s; testing $best"
 "$PYTHON" tools/test.py "$CONFIG" "$best" --work-dir "$WORK_DIR" \
     --out "$WORK_DIR/test_metrics.json" --out-item metrics
