@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT
 
 # config folders checked here; add a folder when it gets configs
-FOLDERS = ('senet', 'res2net')
+FOLDERS = ('senet', 'res2net', 'sknet')
 CONFIGS = sorted(
     osp.relpath(path, ROOT) for folder in FOLDERS
     for path in glob.glob(f'{ROOT}/configs/{folder}/*.py'))
@@ -35,6 +35,10 @@ def test_metafiles_name_existing_configs():
             assert osp.isfile(f"{ROOT}/{model['Config']}"), model['Name']
             assert model['Name'] == osp.splitext(
                 osp.basename(model['Config']))[0]
+        # and every config of the folder is listed
+        listed = {model['Config'] for model in meta['Models']}
+        assert listed == {c for c in CONFIGS
+                          if c.startswith(f'configs/{folder}/')}, folder
 
 
 @pytest.mark.parametrize('path', CONFIGS)
@@ -43,7 +47,7 @@ def test_config_loads_and_builds(path):
     from mmpretrain.registry import MODELS
     cfg = Config.fromfile(f'{ROOT}/{path}')
     assert cfg.custom_imports['imports'] == ['mmsk']
-    assert cfg.model.backbone.type in ('SENet', 'MultiScaleResNet')
+    assert cfg.model.backbone.type in ('SENet', 'MultiScaleResNet', 'SKNet')
     model = MODELS.build(cfg.model)
     assert model.backbone.feat_dim == cfg.model.head.in_channels
     if path.endswith('_mnist5k.py'):
@@ -58,6 +62,18 @@ def test_config_loads_and_builds(path):
         # the folder README's params column is this model's
         params = sum(p.numel() for p in model.parameters()) / 1e6
         assert _readme_params(path) == pytest.approx(params, abs=0.006)
+        # and the metafile's, where it gives one
+        listed = _metafile_params(path)
+        if listed is not None:
+            assert listed / 1e6 == pytest.approx(params, abs=0.006)
+
+
+def _metafile_params(path):
+    import yaml
+    with open(f'{ROOT}/{osp.dirname(path)}/metafile.yml') as f:
+        meta = yaml.safe_load(f)
+    (model, ) = [m for m in meta['Models'] if m['Config'] == path]
+    return (model.get('Metadata') or {}).get('Parameters')
 
 
 def _readme_params(path):
