@@ -181,3 +181,7 @@ def reparameterize_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'error: {e}', file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == '__main__':  # python -m mmsk.deploy.cli: the ONNX tool
+    sys.exit(main())
