@@ -6,6 +6,8 @@ PYTEST_ARGS ?=
 # pytest-xdist workers of `make test`; TEST_WORKERS=0 runs the suite in this
 # process, one test after the other.
 TEST_WORKERS ?= 2
+# RESUME=1: `make main` continues the run that stopped in its work dir.
+RESUME ?=
 
 .PHONY: setup main test
 
@@ -14,7 +16,7 @@ setup:
 
 # Train and test a backbone end to end on the built-in data set.
 main: setup
-	PYTHON=$(PY) bash tools/main_job.sh $(CONFIG)
+	PYTHON=$(PY) bash tools/main_job.sh $(if $(RESUME),--resume) $(CONFIG)
 
 # The test suite.
 test: setup

@@ -207,3 +207,64 @@ default_hooks = dict(checkpoint=dict(save_best=None))
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert 'error: no such config: cfgs/missing.py' in proc.stderr
+
+
+def test_main_job_resumes_a_run_that_stopped(tmp_path):
+    """`make main RESUME=1` / `main_job.sh --resume` continue a run that
+    stopped from its newest whole checkpoint (a rerun trained from the start
+    before, and said nothing of the run it started over)."""
+    import subprocess
+    import torch
+    (tmp_path / 'tiny.py').write_text(f'''
+_base_ = {MAIN_CONFIG!r}
+model = dict(backbone=dict(stem_channels=8, base_channels=8),
+             head=dict(in_channels=64))
+train_dataloader = dict(dataset=dict(indices=64), num_workers=0,
+                        persistent_workers=False)
+val_dataloader = dict(dataset=dict(indices=32), num_workers=0,
+                      persistent_workers=False)
+test_dataloader = dict(dataset=dict(indices=32), num_workers=0,
+                       persistent_workers=False)
+train_cfg = dict(max_epochs=2)
+''')
+    work = tmp_path / 'work'
+    work.mkdir()
+    # a work dir that holds an earlier run: a fresh run says it starts over
+    (work / 'last_checkpoint').write_text(str(work / 'epoch_9.pth'))
+    env = dict(os.environ, PYTHON=sys.executable)
+    job = ['bash', f'{ROOT}/tools/main_job.sh']
+    proc = subprocess.run(job + ['tiny.py', 'work'], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'holds an earlier run (last checkpoint:' in proc.stderr
+    assert 'epoch_9.pth); this run trains from the start' in proc.stderr
+    assert 'main_job.sh --resume' in proc.stderr
+    assert 'resumed epoch' not in proc.stdout + proc.stderr
+    full = torch.load(work / 'epoch_2.pth', map_location='cpu',
+                      weights_only=False)
+    # the run stopped during epoch 2: only epoch 1's checkpoint was written
+    (work / 'epoch_2.pth').unlink()
+    for best in work.glob('best_*.pth'):
+        best.unlink()
+    (work / 'last_checkpoint').write_text(str(work / 'epoch_1.pth'))
+    proc = subprocess.run(job + ['--resume', 'tiny.py', 'work'],
+                          cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert 'resuming from the newest whole checkpoint' in proc.stderr
+    assert 'resumed epoch: 1, iter: 1' in log
+    assert 'holds an earlier run' not in proc.stderr
+    assert re.search(r'\[main\] \S*tiny\.py: test top-1 = [0-9.]+%',
+                     proc.stdout)
+    resumed = torch.load(work / 'epoch_2.pth', map_location='cpu',
+                         weights_only=False)
+    assert resumed['meta']['epoch'] == 2
+    # only epoch 2 was trained again, from epoch 1's weights and state: the
+    # same weights as the run that never stopped
+    for key, value in full['state_dict'].items():
+        assert torch.equal(value, resumed['state_dict'][key]), key
+    proc = subprocess.run(job + ['--resum', 'tiny.py'], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert 'error: unknown option --resum' in proc.stderr

@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
 # Train CONFIG on the built-in data set (best checkpoint picked on val), test
 # that checkpoint on the held-out test split, print its test top-1.
-#   tools/main_job.sh [CONFIG] [WORK_DIR]
+#   tools/main_job.sh [--resume] [CONFIG] [WORK_DIR]
 # CONFIG and WORK_DIR may be relative to the current folder or to the
-# repository root.
+# repository root. --resume continues a run that stopped (a crash, a kill, a
+# reboot) from the newest whole checkpoint in WORK_DIR instead of training
+# from the start (`make main RESUME=1`).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RESUME=()
+if [[ "${1:-}" == "--resume" ]]; then
+    RESUME=(--resume)
+    shift
+elif [[ "${1:-}" == -* ]]; then
+    echo "error: unknown option $1 (usage: tools/main_job.sh [--resume]" \
+        "[CONFIG] [WORK_DIR])" >&2
+    exit 2
+fi
 CONFIG="${1:-configs/sknet/sknet18-cifar_1xb64_mnist5k.py}"
 # a path given from another folder: make it absolute before cd "$ROOT"
 if [[ -e "$CONFIG" && "$CONFIG" != /* ]]; then
@@ -23,8 +34,16 @@ if [[ ! -f "$CONFIG" ]]; then
     exit 1
 fi
 
+if [[ ${#RESUME[@]} -eq 0 && -f "$WORK_DIR/last_checkpoint" ]]; then
+    echo "[main] $WORK_DIR holds an earlier run (last checkpoint:" \
+        "$(cat "$WORK_DIR/last_checkpoint")); this run trains from the start." \
+        "To continue that run instead: tools/main_job.sh --resume" \
+        "(make main RESUME=1)" >&2
+elif [[ ${#RESUME[@]} -gt 0 ]]; then
+    echo "[main] resuming from the newest whole checkpoint in $WORK_DIR" >&2
+fi
 start=$(date +%s)
-"$PYTHON" tools/train.py "$CONFIG" --work-dir "$WORK_DIR"
+"$PYTHON" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" "${RESUME[@]}"
 train_s=$(( $(date +%s) - start ))
 
 best="$(ls -t "$WORK_DIR"/best_*.pth 2>/dev/null | head -n 1 || true)"
