@@ -462,6 +462,30 @@ def test_cli_refuses_an_out_that_is_a_file(tmp_path, capsys):
         'sk_attention.json']
 
 
+def test_module_cli_runs_the_tool_it_names(tmp_path, capsys):
+    """``python -m mmsk.visualization.cli`` did nothing and exited 0: it
+    now runs the tool named first and refuses anything else."""
+    import subprocess
+    import sys
+
+    from mmsk.visualization import cli
+    assert cli.main([]) == 2
+    assert 'error: name the tool first' in capsys.readouterr().err
+    assert cli.main(['sk_attention']) == 2
+    assert "unknown tool 'sk_attention'" in capsys.readouterr().err
+    config = f'{ROOT}/configs/sknet/sknet18-cifar_1xb64_mnist5k.py'
+    assert cli.main(['sk-attention', config, 'none', '--dataset', 'built-in',
+                     '--max-images', '2', '--out', str(tmp_path / 'o'),
+                     '--cfg-options', 'model.backbone.stem_channels=8',
+                     'model.backbone.base_channels=8',
+                     'model.head.in_channels=64']) == 0
+    assert (tmp_path / 'o' / 'sk_attention.json').is_file()
+    proc = subprocess.run(
+        [sys.executable, '-m', 'mmsk.visualization.cli', 'sk-attention',
+         '--help'], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and '--scales' in proc.stdout, proc.stderr
+
+
 def test_outputs_are_written_whole_or_not_at_all(tmp_path):
     """A figure, CSV or JSON whose writing fails keeps the file of an
     earlier run, and leaves no temporary file behind."""

@@ -134,3 +134,24 @@ def se_weights_main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
 
     return _run(main, argv)
+
+
+TOOLS = {'sk-attention': sk_attention_main, 'se-weights': se_weights_main}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m mmsk.visualization.cli {sk-attention,se-weights} ...``:
+    the two tools of ``tools/visualization/`` by name."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in TOOLS:
+        given = f'unknown tool {argv[0]!r}; ' if argv and not argv[
+            0].startswith('-') else ''
+        print(f'usage: python -m mmsk.visualization.cli '
+              f'{{{",".join(TOOLS)}}} ARGS (--help after the tool name)\n'
+              f'error: {given}name the tool first', file=sys.stderr)
+        return 2
+    return TOOLS[argv[0]](argv[1:])
+
+
+if __name__ == '__main__':
+    sys.exit(main())
