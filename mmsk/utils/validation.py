@@ -37,7 +37,7 @@ def _given(value: Any) -> str:
     return f'{value!r} ({type(value).__name__})'
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
@@ -56,7 +56,7 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 def check_int(name: str, value: Any) -> int:
-    if not _is_int(value):
+    if not is_int(value):
         raise OptionTypeError(f'{name} must be an int, got {_given(value)}')
     return int(value)
 
@@ -79,7 +79,7 @@ def int_in(low: Optional[int] = None, high: Optional[int] = None) -> Checker:
 
 def check_positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
     want = 'a non-negative' if allow_zero else 'a positive'
-    if not _is_int(value):
+    if not is_int(value):
         raise OptionTypeError(f'{name} must be {want} int, got '
                               f'{_given(value)}')
     if value < 0 or (value == 0 and not allow_zero):
@@ -338,7 +338,7 @@ def check_out_indices(value: Any,
     negative ones from the end) are refused rather than reordered. ``what``
     names the outputs in the error message.
     """
-    if _is_int(value):
+    if is_int(value):
         value = (value, )
     if not isinstance(value, (list, tuple, range)):
         raise OptionTypeError(f'{name} must be an int or a sequence of ints, '
@@ -347,7 +347,7 @@ def check_out_indices(value: Any,
         raise ValueError(f'{name} must not be empty, got {value!r}')
     indices = []
     for index in value:
-        if not _is_int(index):
+        if not is_int(index):
             raise OptionTypeError(f'{name} entries must be ints, got '
                                   f'{_given(index)} in {value!r}')
         if not -num_outputs <= index < num_outputs:
