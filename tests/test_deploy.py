@@ -130,6 +130,100 @@ def test_deploy_refuses_what_it_cannot_fold():
         model.switch_to_deploy()
 
 
+SK18 = dict(type='SKNet', depth=18, stem_channels=8, base_channels=8)
+
+
+@pytest.mark.parametrize('where', ['norm_cfg', 'attn_norm_cfg'])
+def test_folds_a_norm_without_affine_and_refuses_one_without_statistics(
+        where):
+    """A BN without affine parameters folds with scale 1 and shift 0 (it
+    crashed inside mmcv); a BN without running statistics normalises with
+    the batch's own, which no weight can hold: refused, naming the option,
+    with the model left as it was (it was half folded)."""
+    from mmsk.models.deploy import CannotFoldError
+
+    def build(**bn):
+        norm = dict(type='BN', **bn)
+        return build_backbone(
+            dict(SK18, norm_cfg=norm) if where == 'norm_cfg' else
+            dict(SK18, sk_cfg=dict(attn_norm_cfg=norm)))
+
+    torch.manual_seed(0)
+    model = _trained_like(build(affine=False))
+    x = torch.randn(2, 3, 32, 32)
+    want = _outputs(model, x)
+    model.switch_to_deploy()
+    assert not any(isinstance(m, _BatchNorm) for m in model.modules())
+    _assert_close(_outputs(model, x)[-1], want[-1])
+
+    model = build(track_running_stats=False).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    norms = sum(isinstance(m, _BatchNorm) for m in model.modules())
+    with pytest.raises(CannotFoldError, match=r'without running statistics '
+                       r'\(track_running_stats=False in norm_cfg / '
+                       r'attn_norm_cfg\)'):
+        model.switch_to_deploy()
+    with pytest.raises(ValueError):  # what the tools report as one line
+        model.switch_to_deploy()
+    assert sum(isinstance(m, _BatchNorm) for m in model.modules()) == norms
+    assert not model.deploy
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize('cfg', [
+    dict(SK18, frozen_stages=1),
+    dict(type='SENet', depth=50, stem_channels=8, base_channels=8,
+         frozen_stages=2),
+    dict(type='InvertedResidualNet', widen_factor=0.25, frozen_stages=2),
+], ids=['SKNet', 'SENet', 'InvertedResidualNet'])
+def test_folding_keeps_frozen_stages_frozen(cfg):
+    """The folded convs got new parameters that required gradients, so a
+    deploy switch (or ``deploy=True`` at build, for the ResNet family)
+    unfroze the frozen stages until the next ``train()``."""
+    def frozen(model):
+        return sorted(name for name, p in model.named_parameters()
+                      if not p.requires_grad)
+
+    model = build_backbone(cfg)
+    model.train()
+    want = frozen(model)
+    assert want
+    model.switch_to_deploy()
+    # a parameter is frozen exactly when its module's weight was: the
+    # folded convs keep theirs, the biases they gain and the collapsed
+    # select convs follow them
+    frozen_modules = {name.rsplit('.', 1)[0] for name in want}
+    got = frozen(model)
+    for name, p in model.named_parameters():
+        assert p.requires_grad == (
+            name.rsplit('.', 1)[0] not in frozen_modules), name
+    assert len(got) < len(list(model.parameters()))
+    built = build_backbone(dict(cfg, deploy=True))
+    built.train()
+    assert frozen(built) == got
+
+
+def test_the_tools_report_a_model_that_cannot_fold_in_one_line(
+        tmp_path, capsys):
+    from mmsk.deploy.cli import main, reparameterize_main
+    config, cfg = _tiny_config(
+        tmp_path, **{'model.backbone.conv_cfg': dict(type='ConvWS')})
+    ckpt = _tiny_checkpoint(cfg, tmp_path / 'model.pth')
+    assert reparameterize_main(
+        [str(config), str(ckpt), str(tmp_path / 'folded.pth')]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: switch_to_deploy: ') and \
+        'is a ConvWS2d (conv_cfg)' in err and 'Traceback' not in err
+    assert main([str(config), str(ckpt), '--shape', '28', '28', '--deploy',
+                 '--out', str(tmp_path / 'm.onnx')]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: switch_to_deploy: ') and 'ConvWS2d' in err
+    assert not (tmp_path / 'folded.pth').exists()
+    assert not (tmp_path / 'm.onnx').exists()
+
+
 def _tiny_config(tmp_path, **options):
     """A config file of the main job at tiny width (with ``options``): the
     reparameterize tool takes no --cfg-options. Returns (path, Config)."""
@@ -202,10 +296,14 @@ def test_reparameterize_keeps_meta_and_loads_strictly_deployed(tmp_path):
                           log=lines.append) == str(out)
     assert lines[-1] == f'Done! Save at path "{out}"'
     folded = torch.load(out, weights_only=True)
-    assert folded['meta'] == {'seed': 0}
+    assert folded['meta']['seed'] == 0
     original = build_classifier(copy.deepcopy(cfg), str(ckpt))
-    cfg.merge_from_dict({'model.backbone.deploy': True})
-    deployed = build_classifier(cfg, str(out))
+    # the config it carries builds the folded model (deploy=True) that
+    # loads it strictly
+    from mmsk.checkpoint import config_from_checkpoint
+    carried = config_from_checkpoint(str(out))
+    assert carried.model.backbone.deploy is True
+    deployed = build_classifier(carried, str(out))
     assert not any(isinstance(m, _BatchNorm) for m in deployed.modules())
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():

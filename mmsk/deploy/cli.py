@@ -10,11 +10,12 @@ bad input (a missing, corrupt, unsafe or unfitting checkpoint, a bad output
 path, opset or tolerance) with ``error: ...`` on stderr and exit code 1.
 """
 import argparse
+import copy
 import os.path as osp
 import sys
 from typing import Optional, Sequence
 
-from mmengine.config import DictAction
+from mmengine.config import Config, DictAction
 
 from mmsk.converters.cli import INPUT_ERRORS
 from mmsk.engine.loading import CheckpointMismatchError
@@ -138,7 +139,9 @@ def reparameterize(config, checkpoint: str, out: str, log=print) -> str:
     The checkpoint is loaded strictly, so a checkpoint of another model is
     refused instead of folding random weights; ``out`` keeps what else the
     checkpoint holds (``meta``) and is written atomically, never over the
-    checkpoint or the config. Load it with ``model.backbone.deploy=True``.
+    checkpoint or the config. Load it with ``model.backbone.deploy=True``;
+    its ``meta['cfg']`` is the config with that option set, so
+    :func:`mmsk.checkpoint.config_from_checkpoint` builds the folded model.
 
     Returns:
         str: ``out``.
@@ -159,6 +162,13 @@ def reparameterize(config, checkpoint: str, out: str, log=print) -> str:
     switch()
     folded = dict(loaded) if 'state_dict' in loaded else {}
     folded['state_dict'] = model.state_dict()
+    # the config it carries builds the folded model (it loads the result)
+    cfg = Config.fromfile(config) if isinstance(config, str) else \
+        copy.deepcopy(config)
+    cfg.model.backbone.deploy = True
+    meta = folded.get('meta')
+    folded['meta'] = dict(meta if isinstance(meta, dict) else {},
+                          cfg=cfg.pretty_text)
     atomic_save(folded, out, inputs)
     log(f'Done! Save at path "{out}"')
     return out

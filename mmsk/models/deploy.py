@@ -5,8 +5,12 @@ inference is one function rather than a ``switch_to_deploy`` per block:
 
 - every conv + BatchNorm pair (``ConvModule``, the shortcut projections, the
   stem, the SK branches and the SK attention's reduce conv + norm) is folded
-  by mmcv's :func:`~mmcv.cnn.fuse_conv_bn`: the conv gets the BN's scale and
-  shift, the BN becomes ``nn.Identity``;
+  the way mmcv's :func:`~mmcv.cnn.fuse_conv_bn` folds it: the conv gets the
+  BN's scale and shift, the BN becomes ``nn.Identity``. Every pair is checked
+  before anything changes, so a model that cannot fold is left as it was;
+  a BN without affine parameters folds with scale 1 and shift 0, and the
+  folded parameters keep the conv weight's ``requires_grad`` (frozen stages
+  stay frozen);
 - the two-path SK select step is collapsed to one ``C``-wide logit
   (:meth:`~mmsk.models.layers.ChannelAttention.collapse_paths`).
 
@@ -15,10 +19,18 @@ convention, used by its ``tools/model_converters/reparameterize_model.py``),
 which is this walk over itself; the backbones also take ``deploy=True`` to be
 built folded, so a folded checkpoint loads into them.
 """
+from typing import List, Tuple
+
 import torch
-from mmcv.cnn import fuse_conv_bn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+
+class CannotFoldError(ValueError, NotImplementedError):
+    """``switch_to_deploy`` cannot fold this model; nothing was changed.
+
+    A ``ValueError`` (the tools report it as one ``error:`` line) and, as
+    before, a ``NotImplementedError``."""
 
 
 def _check_foldable(module: nn.Module):
@@ -26,10 +38,48 @@ def _check_foldable(module: nn.Module):
     foldable = (nn.Conv2d, PhaseConv2d)
     for name, m in module.named_modules():
         if isinstance(m, nn.Conv2d) and type(m) not in foldable:
-            raise NotImplementedError(
+            raise CannotFoldError(
                 f'switch_to_deploy: {name or type(module).__name__} is a '
                 f'{type(m).__name__} (conv_cfg); only plain nn.Conv2d '
                 f'layers fold with their BatchNorm')
+
+
+_Pair = Tuple[nn.Module, nn.Conv2d, str, _BatchNorm, str]
+
+
+def _conv_bn_pairs(module: nn.Module, prefix: str, pairs: List[_Pair],
+                   orphans: List[str]):
+    """The walk of mmcv's ``fuse_conv_bn``: a BatchNorm child folds into the
+    last conv child before it in the same parent."""
+    last = None
+    for name, child in module.named_children():
+        if isinstance(child, _BatchNorm):
+            if last is None:
+                orphans.append(prefix + name)
+                continue
+            pairs.append((module, last, name, child, prefix + name))
+            last = None
+        elif isinstance(child, nn.Conv2d):
+            last = child
+        else:
+            _conv_bn_pairs(child, f'{prefix}{name}.', pairs, orphans)
+
+
+def _fold_pair(conv: nn.Conv2d, bn: _BatchNorm):
+    """mmcv's ``_fuse_conv_bn`` (the same operations, so the same bits),
+    with scale 1 and shift 0 for a BN without affine parameters; the new
+    parameters keep the conv weight's ``requires_grad``."""
+    mean, var = bn.running_mean, bn.running_var
+    weight = bn.weight if bn.weight is not None else torch.ones_like(var)
+    shift = bn.bias if bn.bias is not None else torch.zeros_like(mean)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+    factor = weight / torch.sqrt(var + bn.eps)
+    trainable = conv.weight.requires_grad
+    conv.weight = nn.Parameter(
+        conv.weight * factor.reshape([conv.out_channels, 1, 1, 1]),
+        requires_grad=trainable)
+    conv.bias = nn.Parameter((bias - mean) * factor + shift,
+                             requires_grad=trainable)
 
 
 @torch.no_grad()
@@ -38,18 +88,33 @@ def fold_for_deploy(module: nn.Module) -> nn.Module:
 
     The result computes what the eval-mode module computed (fp32, up to
     rounding); it has no BatchNorm left, so it is an inference model: its
-    former BN statistics are in the conv weights. Idempotent.
+    former BN statistics are in the conv weights. Idempotent. Raises
+    :class:`CannotFoldError`, with ``module`` unchanged, when a layer cannot
+    fold.
     """
     _check_foldable(module)
-    fuse_conv_bn(module)
-    left = [
-        name for name, m in module.named_modules()
-        if isinstance(m, _BatchNorm)
-    ]
-    if left:
-        raise RuntimeError(
+    pairs: List[_Pair] = []
+    orphans: List[str] = []
+    _conv_bn_pairs(module, '', pairs, orphans)
+    if orphans:
+        raise CannotFoldError(
             f'switch_to_deploy: BatchNorm layers not preceded by a conv '
-            f'could not be folded: {left[:5]}')
+            f'cannot be folded: {orphans[:5]}')
+    names = [
+        full for _, _, _, bn, full in pairs
+        if bn.running_mean is None or bn.running_var is None
+    ]
+    if names:
+        raise CannotFoldError(
+            f'switch_to_deploy: {names[:5]} are BatchNorm layers without '
+            f'running statistics (track_running_stats=False in norm_cfg / '
+            f'attn_norm_cfg): in eval mode they normalise each batch with '
+            f'its own statistics, which no conv weight can hold. Build the '
+            f'model with track_running_stats=True (the default) to deploy '
+            f'it')
+    for parent, conv, bn_name, bn, _ in pairs:
+        _fold_pair(conv, bn)
+        parent._modules[bn_name] = nn.Identity()
     for m in module.modules():
         if hasattr(m, 'collapse_paths'):
             m.collapse_paths()

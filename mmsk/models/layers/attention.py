@@ -210,7 +210,8 @@ class ChannelAttention(Deployable, BaseModule):
             return
         expand = self.expand
         if type(expand) is not nn.Conv2d:
-            raise NotImplementedError(
+            from ..deploy import CannotFoldError
+            raise CannotFoldError(
                 f'{type(self).__name__}: cannot collapse a select conv of '
                 f'type {type(expand).__name__} (plain Conv2d only)')
         c = self.in_channels
@@ -220,6 +221,7 @@ class ChannelAttention(Deployable, BaseModule):
         diff.weight.copy_(expand.weight[:c] - expand.weight[c:])
         if expand.bias is not None:
             diff.bias.copy_(expand.bias[:c] - expand.bias[c:])
+        diff.requires_grad_(expand.weight.requires_grad)  # frozen stays so
         self.expand = diff
         self.gate = nn.Sigmoid()
         self.collapsed = True
