@@ -25,7 +25,12 @@ def ort_run(onnx_file, x):
     return [torch.from_numpy(a) for a in outs]
 
 
-def test_classifier_through_mmdeploy(tmp_path):
+@pytest.mark.parametrize('paths', [2, 3])
+def test_classifier_through_mmdeploy(paths, tmp_path):
+    """mmdeploy folds the backbone (``switch_to_deploy``), which turns
+    two-path SK units into one logit; SK units of three paths keep their
+    softmax across paths, and export at mmdeploy's opset 11 as well (their
+    reshape was an ``unflatten``, which opset 11 lacks)."""
     import onnx
     from mmengine.config import Config
     from mmpretrain.registry import MODELS
@@ -33,6 +38,9 @@ def test_classifier_through_mmdeploy(tmp_path):
     from mmsk.deploy.mmdeploy_cfgs import classification_cfg, torch2onnx
     cfg = Config.fromfile(MAIN_CONFIG)
     cfg.model.backbone.update(stem_channels=8, base_channels=8)
+    if paths == 3:
+        cfg.model.backbone.sk_cfg = dict(
+            branches=[dict(dilation=d) for d in (1, 2, 3)])
     cfg.model.head.in_channels = 64
     torch.manual_seed(0)
     model = randomize_bn(MODELS.build(cfg.model)).eval()

@@ -199,7 +199,11 @@ class ChannelAttention(Deployable, BaseModule):
             return self.gate(w)
         if self.collapsed:
             return self.gate(w).unsqueeze(1)
-        return self.gate(w.unflatten(1, (self.num_paths, self.in_channels)))
+        # reshape, not unflatten: ONNX opsets below 13 (mmdeploy's default
+        # 11) have no unflatten
+        return self.gate(
+            w.reshape(w.shape[0], self.num_paths, self.in_channels,
+                      *w.shape[2:]))
 
     @torch.no_grad()
     def collapse_paths(self):
