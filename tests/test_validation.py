@@ -515,6 +515,48 @@ def test_options_that_would_be_ignored_are_refused():
                             stem_channels=8, base_channels=8))
 
 
+# (backbone, attention, what to use, attn_position); SENet sets attn_cfg
+# itself, and the inverted-residual block takes SKConv as its SK depthwise
+ATTN_SLOTS = [(type_name, attn, use, position)
+              for type_name in ('SKNet', 'MultiScaleResNet')
+              for attn, use in [('ChannelAttention', 'SEAttention'),
+                                ('SKConv', 'SKAttention')]
+              for position in ('last', 'mid')] + [
+                  ('InvertedResidualNet', 'ChannelAttention', 'SEAttention',
+                   None)]
+
+
+@pytest.mark.parametrize('type_name,attn,use,position', ATTN_SLOTS)
+def test_attention_slots_refuse_modules_that_do_not_gate_the_map(
+        type_name, attn, use, position):
+    """ChannelAttention returns the weights (B, C, 1, 1) and SKConv is a
+    conv: in the attention slot the fast path crashed at the residual add
+    and the reference path broadcast the weights into wrong values."""
+    from test_backbones import _cfg
+    options = dict(attn_cfg=dict(type=attn))
+    if position is not None:
+        options['attn_position'] = position
+    if type_name == 'SKNet' and position == 'mid':
+        options.update(depth=50)  # mid attention: bottlenecks only
+    with pytest.raises(ValueError, match=rf'attn_cfg type {attn} .*use '
+                       rf'{use}'):
+        build_backbone(_cfg(FIRST_OF_EACH[type_name], **options))
+
+
+def test_the_attention_norm_groups_must_divide_its_width():
+    from mmsk.models.layers import SKConv
+    with pytest.raises(ValueError, match=r'attn_norm_cfg\) needs num_groups '
+                       r'to divide the reduced width attn_channels=32'):
+        SKConv(64, 64, attn_norm_cfg=dict(type='GN', num_groups=3))
+    # the backbone's GN reaches the attention (attn_norm_cfg='same'),
+    # whose width is set by min_channels here
+    from test_backbones import _cfg
+    with pytest.raises(ValueError, match=r'attn_channels=12'):
+        build_backbone(_cfg(FIRST_OF_EACH['SKNet'],
+                            norm_cfg=dict(type='GN', num_groups=8),
+                            sk_cfg=dict(min_channels=12)))
+
+
 def test_sk_branch_kernel_size_must_be_an_int():
     from mmsk.models.layers import SKConv
     with pytest.raises(ValueError, match=r'SKConv: branches\[0\]'

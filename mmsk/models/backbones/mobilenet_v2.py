@@ -37,6 +37,7 @@ from ..layers.config import fast_path_enabled
 from ..layers.recompute import checkpoint_module, recompute_cheap_outputs
 from ..layers.selective_kernel import SKConv
 from .pretrained import check_pretrained
+from .resnet import attn_class, build_attention
 
 #: MobileNetV2, paper Table 2 (the stem conv and the final 1x1 conv aside).
 MOBILENET_V2_ARCH = (
@@ -166,7 +167,7 @@ class InvertedResidualBlock(Deployable, BaseModule):
         self.expand = None if expand_ratio == 1 else ConvModule(
             in_channels, hidden, 1, act_cfg=act_cfg, **layer_cfg)
         self.attn = None
-        attn_type = None if attn_cfg is None else _attn_class(attn_cfg)
+        attn_type = None if attn_cfg is None else attn_class(attn_cfg)
         if attn_type is SKConv:
             set_here = sorted(set(attn_cfg) & {
                 'in_channels', 'out_channels', 'stride', 'dilation', 'groups'
@@ -200,7 +201,8 @@ class InvertedResidualBlock(Deployable, BaseModule):
                 act_cfg=act_cfg,
                 **layer_cfg)
             if attn_cfg is not None:
-                self.attn = MODELS.build(dict(attn_cfg, in_channels=hidden))
+                self.attn = build_attention(attn_cfg, hidden,
+                                            type(self).__name__)
         self.project = ConvModule(
             hidden, out_channels, 1, act_cfg=None, **layer_cfg)
         self.drop_path = DropPath(drop_path_rate) if \
@@ -242,16 +244,6 @@ class InvertedResidualBlock(Deployable, BaseModule):
         if self.with_cp and x.requires_grad:
             return checkpoint_module(self, self._inner_forward, x)
         return self._inner_forward(x)
-
-
-def _attn_class(attn_cfg: dict):
-    attn_type = attn_cfg['type']
-    if isinstance(attn_type, type):
-        return attn_type
-    cls = MODELS.get(attn_type)
-    if cls is None:
-        raise KeyError(f'attn_cfg type {attn_type!r} is not registered')
-    return cls
 
 
 @register_model

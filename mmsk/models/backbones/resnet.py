@@ -64,9 +64,36 @@ BLOCK_OPTIONS = dict(
 )
 
 
-def _build_attn(attn_cfg: Optional[dict], channels: int):
+def attn_class(attn_cfg: dict) -> type:
+    """The class that ``attn_cfg`` builds."""
+    attn_type = attn_cfg['type']
+    if isinstance(attn_type, type):
+        return attn_type
+    cls = MODELS.get(attn_type)
+    if cls is None:
+        raise KeyError(f'attn_cfg type {attn_type!r} is not registered')
+    return cls
+
+
+def build_attention(attn_cfg: Optional[dict], channels: int, owner: str):
+    """The attention slot of a block: a module that maps ``(B, C, H, W)``
+    to a gated map of the same shape. mmsk's two registered modules that do
+    not (their output would be broadcast against the map, or fail at the
+    residual add) are refused, naming the one to use."""
     if attn_cfg is None:
         return None
+    from ..layers import ChannelAttention, SKConv
+    cls = attn_class(attn_cfg)
+    if cls is ChannelAttention:
+        raise ValueError(
+            f'{owner}: attn_cfg type ChannelAttention returns the attention '
+            f'weights (B, C, 1, 1), not a gated map; use SEAttention (or '
+            f'SKAttention)')
+    if cls is SKConv:
+        raise ValueError(
+            f'{owner}: attn_cfg type SKConv is a convolution with its own '
+            f'output width, not an attention on a map; use SKAttention (an '
+            f'SK unit that keeps the map\'s shape) or, in SKNet, sk_cfg')
     return MODELS.build(dict(attn_cfg, in_channels=channels))
 
 
@@ -116,7 +143,8 @@ class _ResidualBlock(Deployable, BaseModule):
     def _init_tail(self, out_channels, downsample, attn_cfg, drop_path_rate,
                    act_cfg, with_cp):
         self.downsample = downsample
-        self.attn = _build_attn(attn_cfg, out_channels) \
+        self.attn = build_attention(attn_cfg, out_channels,
+                                    type(self).__name__) \
             if self.attn_position == 'last' else None
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 \
             else nn.Identity()
@@ -417,7 +445,8 @@ class Bottleneck(_ResidualBlock):
             self.mid_channels, out_channels, 1, act_cfg=None, **layer_cfg)
         self._init_tail(out_channels, downsample, attn_cfg, drop_path_rate,
                         act_cfg, with_cp)
-        self.mid_attn = _build_attn(attn_cfg, self.mid_channels) \
+        self.mid_attn = build_attention(attn_cfg, self.mid_channels,
+                                        type(self).__name__) \
             if attn_position == 'mid' else None
 
     def make_conv2(self, channels, stride, dilation, groups, stage_first,

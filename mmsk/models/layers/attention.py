@@ -165,6 +165,15 @@ class ChannelAttention(Deployable, BaseModule):
             attn_channels,
             kernel_size=1,
             bias=bias or norm_cfg is None)
+        groups = (norm_cfg or {}).get('num_groups')
+        if norm_cfg is not None and norm_cfg.get('type') == 'GN' and \
+                isinstance(groups, int) and attn_channels % groups:
+            raise ValueError(
+                f'{type(self).__name__}: norm_cfg {norm_cfg!r} (SK units: '
+                f'attn_norm_cfg) needs num_groups to divide the reduced '
+                f'width attn_channels={attn_channels} (in_channels='
+                f'{in_channels} / reduction {reduction}, rounded, at least '
+                f'min_channels); pick a num_groups that divides it')
         self.norm = (
             build_norm_layer(norm_cfg, attn_channels)[1]
             if norm_cfg is not None else nn.Identity())
