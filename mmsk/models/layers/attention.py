@@ -209,10 +209,10 @@ class ChannelAttention(Deployable, BaseModule):
         if self.collapsed:
             return self.gate(w).unsqueeze(1)
         # reshape, not unflatten: ONNX opsets below 13 (mmdeploy's default
-        # 11) have no unflatten
+        # 11) have no unflatten; w is pooled (1x1), and its batch size is
+        # taken from it (fx traces this, and a batch of 0 still works)
         return self.gate(
-            w.reshape(w.shape[0], self.num_paths, self.in_channels,
-                      *w.shape[2:]))
+            w.reshape(w.shape[0], self.num_paths, self.in_channels, 1, 1))
 
     @torch.no_grad()
     def collapse_paths(self):
