@@ -4,21 +4,26 @@ import pytest
 from conftest import ROOT, run_python
 
 
-# FLOPs tolerance. Since mmsk counts the element-wise ops (mmsk.utils.flops),
-# Res2Net-50 26w4s is 4.287G: the convs, norms and pools give 4.28G (+1.9%
-# over the paper's 4.2G, which is given to two digits and counts the convs
-# alone) and its split and residual adds 0.007G more, which puts it 2.07%
-# over. SKNet-50 is 4.52G (+1.1% over the paper's 4.47G).
-FLOPS_TOLERANCE = {'SKNet-50 (paper)': 0.02, 'Res2Net-50 26w4s': 0.025}
+# the figures with a paper FLOPs count (the tolerances, with their reasons,
+# are mmsk.utils.complexity's, which the tool uses too)
+WITH_FLOPS = ['SKNet-50 (paper)', 'Res2Net-50 26w4s']
 
 
-@pytest.mark.parametrize('name', sorted(FLOPS_TOLERANCE))
+@pytest.mark.parametrize('name', WITH_FLOPS)
 def test_params_and_flops_within_2_percent(name):
-    from mmsk.utils.complexity import PAPER_FIGURES, complexity
+    from mmsk.utils.complexity import PAPER_FIGURES, complexity, tolerance
     cfg, params, flops, _ = PAPER_FIGURES[name]
     got = complexity(cfg)
     assert got['params'] == pytest.approx(params, rel=0.02)
-    assert got['flops'] == pytest.approx(flops, rel=FLOPS_TOLERANCE[name])
+    assert got['flops'] == pytest.approx(
+        flops, rel=tolerance(name, 'flops') / 100)
+    if name == 'Res2Net-50 26w4s':
+        # the tool, run as documented (its default tolerances), passes it:
+        # it failed on these 2.07% with one 2% for every figure
+        proc = run_python(args=[
+            f'{ROOT}/tools/analysis_tools/complexity.py', '--names', name],
+            check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize('name', [
@@ -51,11 +56,13 @@ def test_mobilenet_v2_within_2_percent_and_in_the_tool_table(tmp_path):
     assert got['params'] == pytest.approx(params, rel=0.02)
     assert got['flops'] == pytest.approx(flops, rel=0.02)
     out = tmp_path / 'table.md'
-    run_python(args=[
+    # one --tolerance for every figure: its FLOPs (+1.4%) are over 0.5%;
+    # the table is written all the same
+    proc = run_python(args=[
         f'{ROOT}/tools/analysis_tools/complexity.py', '--names', name,
-        '--out',
-        str(out)
-    ])
+        '--out', str(out), '--tolerance', '0.5'], check=False)
+    assert proc.returncode == 1
+    assert f"'{name} (flops, over 0.5%)'" in proc.stderr
     row = f"| {name} | {got['params'] / 1e6:.2f} | {params / 1e6:.2f} |"
     assert row in out.read_text()
     assert f"| {got['flops'] / 1e9:.2f} | {flops / 1e9:.2f} |" in \
