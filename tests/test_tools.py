@@ -126,6 +126,57 @@ def test_dist_scripts_two_processes_on_cpu(tmp_path):
     assert re.search(r'accuracy/top1: \d', test.stdout + test.stderr)
 
 
+def test_train_and_test_tools_report_bad_input_in_one_line(tmp_path):
+    """A missing config or checkpoint and a corrupt checkpoint ended in a
+    traceback; now one ``error:`` line and exit code 1."""
+    (tmp_path / 'corrupt.pth').write_text('not a checkpoint')
+    for args, want in [
+        ([f'{ROOT}/tools/train.py', str(tmp_path / 'missing.py')],
+         "error: FileNotFoundError: [Errno 2] No such file or directory: "),
+        ([f'{ROOT}/tools/test.py', MAIN_CONFIG, str(tmp_path / 'corrupt.pth'),
+          '--work-dir', str(tmp_path / 'wd')],
+         f"error: CorruptCheckpointError: Cannot read checkpoint "
+         f"'{tmp_path / 'corrupt.pth'}'"),
+    ]:
+        proc = run_python(args=args, check=False)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith(want), \
+            proc.stderr[-2000:]
+
+
+def test_dist_scripts_check_their_arguments_and_find_the_venv(tmp_path):
+    """Without PYTHON the scripts ran the first ``python`` on PATH (often
+    one without torch); now the set-up's .venv when there is one. Missing
+    arguments gave a torchrun traceback; now a usage line."""
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHON'}
+    for script, args in [('dist_train.sh', ['cfg.py']),
+                         ('dist_train.sh', ['cfg.py', 'two']),
+                         ('dist_test.sh', ['cfg.py', 'ckpt.pth'])]:
+        proc = subprocess.run(['bash', f'{ROOT}/tools/{script}', *args],
+                              env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 2
+        assert proc.stderr.startswith(f'usage: tools/{script} CONFIG ')
+    # PATH without a python: only the .venv's can run train.py, which
+    # then reports the missing config in one line
+    (tmp_path / 'bin').mkdir()
+    bare = dict(env, PATH=f"{tmp_path / 'bin'}:/bin", OMP_NUM_THREADS='1',
+                PORT='29541')
+    proc = subprocess.run(
+        ['bash', f'{ROOT}/tools/dist_train.sh', str(tmp_path / 'none.py'),
+         '1'], env=bare, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    if not os.path.exists(os.path.join(ROOT, '.venv', 'bin', 'python')):
+        # mmsk installed without the set-up: the first python on PATH
+        assert 'python: command not found' in proc.stderr, proc.stderr
+        return
+    assert 'error: FileNotFoundError: [Errno 2] No such file or ' \
+        f"directory: '{tmp_path / 'none.py'}'" in proc.stderr, \
+        proc.stderr[-3000:]
+
+
 def _anchors(markdown: str) -> set:
     """GitHub's anchors of a markdown file's headings."""
     anchors = set()

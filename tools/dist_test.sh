@@ -8,7 +8,21 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-PYTHON=${PYTHON:-python}
+# the set-up's .venv when there is one (the README's set-up), else python
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x "$ROOT/.venv/bin/python" ]]; then
+        PYTHON="$ROOT/.venv/bin/python"
+    else
+        PYTHON=python
+    fi
+fi
+if [[ $# -lt 3 || ! "$NPROC" =~ ^[1-9][0-9]*$ ]]; then
+    echo "usage: tools/dist_test.sh CONFIG CHECKPOINT NPROC [ARGS] (NPROC: processes per node," \
+        "a positive int; PYTHON, NNODES, NODE_RANK, PORT, MASTER_ADDR from" \
+        "the environment)" >&2
+    exit 2
+fi
 
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 "$PYTHON" -m torch.distributed.run \

@@ -4,6 +4,11 @@ mmsk's ``tools/train.py`` and ``tools/test.py`` are mmpretrain's, unchanged
 (same arguments), run after ``import mmsk``. On a machine without CUDA, the
 ``pytorch`` launcher (``tools/dist_*.sh``) is made to work on the CPU: gloo
 backend, no device ids for DDP, no ``torch.cuda.set_device``.
+
+Bad input that mmsk detects (a missing config or checkpoint, a corrupt,
+unsafe or unfitting checkpoint, an unsafe config text) ends with one
+``error: ...`` line and exit code 1 instead of a traceback; other errors
+(e.g. a wrong option, whose message names it) keep their traceback.
 """
 import os.path as osp
 import runpy
@@ -52,4 +57,20 @@ def run_mmpretrain_tool(name: str):
     torch.serialization.add_safe_globals(allowed_globals())
     path = mmpretrain_tool_path(name)
     sys.argv = [path] + _cpu_launcher_options(sys.argv[1:])
-    runpy.run_path(path, run_name='__main__')
+    try:
+        runpy.run_path(path, run_name='__main__')
+    except input_errors() as e:
+        print(f'error: {type(e).__name__}: {e}', file=sys.stderr)
+        sys.exit(1)
+
+
+def input_errors() -> tuple:
+    """What the train / test tools report in one line (see the module
+    doc)."""
+    from mmsk.checkpoint import (CorruptCheckpointError,
+                                 UnsafeCheckpointError, UnsafeConfigError)
+    from mmsk.engine.loading import CheckpointMismatchError
+    from mmsk.models.backbones.pretrained import PretrainedMismatchError
+    return (FileNotFoundError, CorruptCheckpointError, UnsafeCheckpointError,
+            UnsafeConfigError, CheckpointMismatchError,
+            PretrainedMismatchError)
