@@ -452,6 +452,14 @@ def test_cli_refuses_an_out_that_is_a_file(tmp_path, capsys):
         assert err.startswith('error: cannot write') and \
             'is not a folder' in err, err
     assert (tmp_path / 'file').read_text() == 'keep me'
+    # checked before the images and the model are loaded: a missing config
+    # is not reached
+    for main in (sk_attention_main, se_weights_main):
+        assert main([str(tmp_path / 'missing.py'), 'none', '--dataset',
+                     'built-in', '--out', str(tmp_path / 'file')]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith('error: cannot write') and 'missing.py' \
+            not in err, err
     # a folder where an output file goes: refused before the analysis
     (tmp_path / 'out' / 'sk_attention.json').mkdir(parents=True)
     assert sk_attention_main([
@@ -484,6 +492,24 @@ def test_module_cli_runs_the_tool_it_names(tmp_path, capsys):
         [sys.executable, '-m', 'mmsk.visualization.cli', 'sk-attention',
          '--help'], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and '--scales' in proc.stdout, proc.stderr
+
+
+def test_checkpoint_none_skips_the_configs_pretrained_init(capsys):
+    """``none`` means initial weights: a config whose backbone loads a
+    Pretrained checkpoint (a detector's torchvision://resnet50) tried to
+    download or load it and failed offline."""
+    from mmsk.visualization.inputs import load_model
+    config = f'{ROOT}/configs/sknet/sknet18-cifar_1xb64_mnist5k.py'
+    options = {'model.backbone.stem_channels': 8,
+               'model.backbone.base_channels': 8,
+               'model.head.in_channels': 64,
+               'model.backbone.init_cfg': [
+                   dict(type='Kaiming', layer='Conv2d'),
+                   dict(type='Pretrained', checkpoint='/nowhere/r50.pth')]}
+    model = load_model(config, None, cfg_options=options)
+    assert not model.training
+    assert 'skipping the config\'s Pretrained init from /nowhere/r50.pth' \
+        in capsys.readouterr().err
 
 
 def test_outputs_are_written_whole_or_not_at_all(tmp_path):

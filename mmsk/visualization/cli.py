@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 from mmsk.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
 from mmsk.engine.loading import CheckpointMismatchError
+from .plotting import check_outputs
 
 # ValueError includes mmsk.utils.io.OutputPathError (an --out that is a file)
 INPUT_ERRORS = (KeyError, ValueError, FileNotFoundError, UnsafeCheckpointError,
@@ -92,6 +93,7 @@ def sk_attention_main(argv: Optional[Sequence[str]] = None) -> int:
 
     def main(argv):
         args = parser.parse_args(argv)
+        check_outputs(args.out, ['sk_attention.json'])  # before any work
         images = _images(args, parser)
         model = _model(args)
         result = sk_attention.analyze(
@@ -118,6 +120,7 @@ def se_weights_main(argv: Optional[Sequence[str]] = None) -> int:
 
     def main(argv):
         args = parser.parse_args(argv)
+        check_outputs(args.out, ['se_weights.json'])  # before any work
         images = _images(args, parser)
         model = _model(args)
         result = se_weights.analyze(

@@ -5,6 +5,7 @@ sub-folders gives each image its sub-folder's name as class label, as
 mmpretrain's ``CustomDataset`` does) or from the built-in MNIST5k digits.
 """
 import os.path as osp
+import sys
 from numbers import Real
 from typing import List, Optional, Sequence, Tuple
 
@@ -241,6 +242,12 @@ def load_model(config: str,
     if 'model' not in cfg:
         raise KeyError(f'{config} has no model')
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+    if checkpoint is None:
+        # initial weights: a Pretrained init_cfg (e.g. a detector's
+        # torchvision://resnet50) would download or load a file
+        for source in _drop_pretrained(cfg.model):
+            print(f'checkpoint "none": initial weights; skipping the '
+                  f"config's Pretrained init from {source}", file=sys.stderr)
     model = MODELS.build(cfg.model)
     if checkpoint is not None:
         if not osp.isfile(checkpoint):
@@ -252,6 +259,27 @@ def load_model(config: str,
     else:
         model.init_weights()
     return model.to(device).eval()
+
+
+def _drop_pretrained(cfg) -> list:
+    """Remove every ``init_cfg`` entry of type ``Pretrained`` from the
+    model config ``cfg`` (in place); returns their checkpoints."""
+    dropped = []
+    if isinstance(cfg, dict):
+        init = cfg.get('init_cfg')
+        entries = init if isinstance(init, list) else [init]
+        kept = [e for e in entries if not (isinstance(e, dict) and
+                                           e.get('type') == 'Pretrained')]
+        if len(kept) < len(entries):
+            dropped += [e.get('checkpoint') for e in entries
+                        if e not in kept]
+            cfg['init_cfg'] = kept if isinstance(init, list) else None
+        for value in cfg.values():
+            dropped += _drop_pretrained(value)
+    elif isinstance(cfg, (list, tuple)):
+        for value in cfg:
+            dropped += _drop_pretrained(value)
+    return dropped
 
 
 def module_name(name: str) -> str:
