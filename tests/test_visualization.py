@@ -512,6 +512,22 @@ def test_checkpoint_none_skips_the_configs_pretrained_init(capsys):
         in capsys.readouterr().err
 
 
+def test_json_outputs_are_strict_json(tmp_path):
+    """NaN (e.g. the SE ratio over initial weights, whose gates are all
+    0.5) was written as the bare word NaN, which strict parsers refuse."""
+    import json
+
+    from mmsk.visualization.plotting import write_json
+    path = write_json(str(tmp_path / 'a.json'), {
+        'ratio': float('nan'), 'rows': [1.5, float('inf'), {'x': 2}]})
+
+    def refuse(constant):
+        raise ValueError(f'not JSON: {constant}')
+
+    data = json.loads(open(path).read(), parse_constant=refuse)
+    assert data == {'ratio': None, 'rows': [1.5, None, {'x': 2}]}
+
+
 def test_outputs_are_written_whole_or_not_at_all(tmp_path):
     """A figure, CSV or JSON whose writing fails keeps the file of an
     earlier run, and leaves no temporary file behind."""

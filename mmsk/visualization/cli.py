@@ -8,7 +8,6 @@ from typing import Optional, Sequence
 
 from mmsk.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
 from mmsk.engine.loading import CheckpointMismatchError
-from .plotting import check_outputs
 
 # ValueError includes mmsk.utils.io.OutputPathError (an --out that is a file)
 INPUT_ERRORS = (KeyError, ValueError, FileNotFoundError, UnsafeCheckpointError,
@@ -72,6 +71,15 @@ def _meta(args, images):
         if args.dataset else f'{len(images)} image files')
 
 
+def _check_out(out: str, name: str):
+    """Before any work, and creating nothing: an ``--out`` that is a file,
+    or holds a folder where ``name`` goes, is an error (the analysis checks
+    every output file again, and creates ``--out``)."""
+    from mmsk.utils.io import check_output_path
+    if osp.lexists(out):
+        check_output_path(osp.join(out, name), make_dirs=False)
+
+
 def _run(main, argv):
     try:
         return main(argv)
@@ -93,7 +101,7 @@ def sk_attention_main(argv: Optional[Sequence[str]] = None) -> int:
 
     def main(argv):
         args = parser.parse_args(argv)
-        check_outputs(args.out, ['sk_attention.json'])  # before any work
+        _check_out(args.out, 'sk_attention.json')
         images = _images(args, parser)
         model = _model(args)
         result = sk_attention.analyze(
@@ -120,7 +128,7 @@ def se_weights_main(argv: Optional[Sequence[str]] = None) -> int:
 
     def main(argv):
         args = parser.parse_args(argv)
-        check_outputs(args.out, ['se_weights.json'])  # before any work
+        _check_out(args.out, 'se_weights.json')
         images = _images(args, parser)
         model = _model(args)
         result = se_weights.analyze(

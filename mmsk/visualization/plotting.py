@@ -48,8 +48,23 @@ def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence]):
     return path
 
 
+def _finite(value):
+    """``value`` with NaN and infinities as None (JSON has no NaN; e.g. a
+    ratio over initial weights, whose gates are all alike, is undefined)."""
+    if isinstance(value, float) and value != value or value in (
+            float('inf'), float('-inf')):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(path: str, data) -> str:
-    atomic_write_text(json.dumps(data, indent=1), path)
+    """Strict JSON (NaN and infinities written as null), atomically."""
+    atomic_write_text(
+        json.dumps(_finite(data), indent=1, allow_nan=False), path)
     return path
 
 

@@ -1,5 +1,5 @@
 # 12 epochs of SGD with a one-epoch warm-up and cosine decay: the budget of
-# the built-in data set (about 5 minutes of training on 2 CPU cores).
+# the built-in data set (about 2-3 minutes of training on 2 CPU cores).
 optim_wrapper = dict(
     optimizer=dict(
         type='SGD', lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True))
