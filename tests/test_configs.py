@@ -63,17 +63,34 @@ def test_config_loads_and_builds(path):
         params = sum(p.numel() for p in model.parameters()) / 1e6
         assert _readme_params(path) == pytest.approx(params, abs=0.006)
         # and the metafile's, where it gives one
-        listed = _metafile_params(path)
+        listed = _metafile_figure(path, 'Parameters')
         if listed is not None:
             assert listed / 1e6 == pytest.approx(params, abs=0.006)
+        # the metafile's FLOPs: this model's, at 224x224, as
+        # tools/analysis_tools/complexity.py and mmpretrain's get_flops.py
+        # count them (the element-wise ops included, mmsk.utils.flops)
+        listed = _metafile_figure(path, 'FLOPs')
+        assert listed is not None, f'{path}: no FLOPs in the metafile'
+        assert listed == pytest.approx(model_flops(model), rel=1e-3)
 
 
-def _metafile_params(path):
+def model_flops(model, size=224):
+    """FLOPs of a classifier on one ``size`` x ``size`` image."""
+    from mmengine.analysis import FlopAnalyzer
+    model.eval()
+    with torch.no_grad():
+        analyzer = FlopAnalyzer(model, torch.zeros(1, 3, size, size))
+        analyzer.unsupported_ops_warnings(False)
+        analyzer.uncalled_modules_warnings(False)
+        return analyzer.total()
+
+
+def _metafile_figure(path, key):
     import yaml
     with open(f'{ROOT}/{osp.dirname(path)}/metafile.yml') as f:
         meta = yaml.safe_load(f)
     (model, ) = [m for m in meta['Models'] if m['Config'] == path]
-    return (model.get('Metadata') or {}).get('Parameters')
+    return (model.get('Metadata') or {}).get(key)
 
 
 def _readme_params(path):

@@ -5,7 +5,7 @@
 # stride 1 (as CIFAR ports of MobileNetV2 do): the rows see 28, 28, 28, 14,
 # 7, 7, 4, 4 pixels instead of ImageNet's 112 ... 7, which would leave 1x1
 # maps from the fifth row on. Width 0.5 keeps a training step close to
-# SKNet-18's at width 16 (24.5M vs 41.5M multiply-adds per digit; depthwise
+# SKNet-18's at width 16 (24.6M vs 41.8M FLOPs per digit; depthwise
 # convs run slower per multiply-add on the CPU).
 _base_ = ['../sknet/sknet18-cifar_1xb64_mnist5k.py']
 
