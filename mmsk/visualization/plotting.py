@@ -6,6 +6,7 @@ keeps the file of an earlier run (or none), never half a file.
 """
 import csv
 import json
+import math
 import os.path as osp
 from typing import Iterable, Sequence
 
@@ -51,8 +52,7 @@ def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence]):
 def _finite(value):
     """``value`` with NaN and infinities as None (JSON has no NaN; e.g. a
     ratio over initial weights, whose gates are all alike, is undefined)."""
-    if isinstance(value, float) and value != value or value in (
-            float('inf'), float('-inf')):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
