@@ -33,18 +33,52 @@ class CorruptCheckpointError(RuntimeError):
     """The file is not a readable torch checkpoint."""
 
 
-def _history_buffer_attribute(obj, name: str):
+class _StaticMethodsOf:
+    """What the unpickler gets for a class of which a checkpoint may only
+    look up some static methods: never the class itself (a checkpoint that
+    calls it is refused, and nothing runs)."""
+
+    def __init__(self, load_class, names):
+        self.load_class = load_class
+        self.names = frozenset(names)
+
+    def __call__(self, *args, **kwargs):
+        cls = self.load_class()
+        raise pickle.UnpicklingError(
+            f'Unsupported global: a call of {cls.__module__}.'
+            f'{cls.__qualname__} (only its static methods '
+            f'{sorted(self.names)} may be looked up)')
+
+
+def _one_cycle_class():
+    from mmengine.optim.scheduler.param_scheduler import \
+        OneCycleParamScheduler
+    return OneCycleParamScheduler
+
+
+#: ``OneCycleParamScheduler`` (and ``OneCycleLR``) keeps its annealing
+#: function, a static method, in the state it saves (``anneal_func``):
+#: pickle stores it as ``getattr(OneCycleParamScheduler, '_annealing_cos')``
+_ONE_CYCLE = _StaticMethodsOf(_one_cycle_class,
+                              ('_annealing_cos', '_annealing_linear'))
+
+
+def _restricted_getattr(obj, name: str):
     """``getattr`` as the unpickler may call it: only to look up the
     statistics methods of :class:`HistoryBuffer` (protocol-2 pickles store
-    ``HistoryBuffer.min`` as ``getattr(HistoryBuffer, 'min')``)."""
+    ``HistoryBuffer.min`` as ``getattr(HistoryBuffer, 'min')``) and the
+    annealing functions of ``OneCycleParamScheduler``."""
     from mmengine.logging.history_buffer import HistoryBuffer
     allowed = {'min', 'max', 'current', 'mean'}
     allowed |= set(HistoryBuffer._statistics_methods)  # registered ones
     if obj is HistoryBuffer and name in allowed:
         return getattr(HistoryBuffer, name)
+    if obj is _ONE_CYCLE and name in _ONE_CYCLE.names:
+        return getattr(_ONE_CYCLE.load_class(), name)
     raise pickle.UnpicklingError(
         f'Unsupported global: GLOBAL builtins.getattr on {obj!r}.{name} '
-        f'(only HistoryBuffer statistics methods may be looked up)')
+        f'(only HistoryBuffer statistics methods and OneCycleParamScheduler '
+        f'annealing functions may be looked up)')
 
 
 @lru_cache(maxsize=None)
@@ -55,7 +89,10 @@ def allowed_globals() -> List:
     objects: their logs are numpy arrays (``_reconstruct``, ``ndarray``,
     ``dtype``), their latest values numpy scalars (``scalar``), and their
     statistics methods are pickled as ``getattr(HistoryBuffer, 'min')``,
-    which is served by a ``getattr`` that allows only that lookup.
+    which is served by a ``getattr`` that allows only that lookup. The
+    state of a ``OneCycleParamScheduler`` holds its annealing function,
+    pickled as ``getattr(OneCycleParamScheduler, '_annealing_cos')``: the
+    class is served by a stand-in that allows only that lookup.
     """
     from mmengine.logging.history_buffer import HistoryBuffer
     multiarray = np._core.multiarray if hasattr(np, '_core') \
@@ -66,7 +103,9 @@ def allowed_globals() -> List:
         np.dtype,
         multiarray._reconstruct,
         multiarray.scalar,
-        (_history_buffer_attribute, 'builtins.getattr'),
+        (_restricted_getattr, 'builtins.getattr'),
+        (_ONE_CYCLE, 'mmengine.optim.scheduler.param_scheduler.'
+         'OneCycleParamScheduler'),
         *numeric_dtype_classes(),
     ]
 

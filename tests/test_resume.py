@@ -154,8 +154,9 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(
     assert find_resumable_checkpoint(str(work_dir)) == str(newest)
     data = newest.read_bytes()
     newest.write_bytes(data[:len(data) // 2])  # truncated
-    for best in work_dir.glob('best_*.pth'):
-        best.unlink()
+    # the best checkpoint (no optimizer state) is never resumed from, even
+    # when it is newer than the readable epoch_N
+    assert list(work_dir.glob('best_*.pth'))
     import logging
 
     from mmengine.logging import MMLogger
@@ -179,6 +180,97 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(
         find_resumable_checkpoint(str(work_dir))
     # an empty work dir is a fresh start, not an error
     assert find_resumable_checkpoint(str(tmp_path / 'empty')) is None
+
+
+def test_resume_never_picks_a_best_or_unnumbered_checkpoint(tmp_path):
+    """``best_*.pth`` holds no optimizer or scheduler state: resuming from
+    it would restart the optimizer silently."""
+    from mmsk.checkpoint import CorruptCheckpointError
+    from mmsk.engine import find_resumable_checkpoint
+    for name in ('epoch_2.pth', 'best_accuracy_top1_epoch_3.pth',
+                 'epoch_3.pth', 'pretrained.pth', 'ckpt_epoch_1.pth'):
+        torch.save({'name': name}, str(tmp_path / name))
+    (tmp_path / 'epoch_3.pth').write_bytes(b'PK\x03\x04 truncated')
+    assert find_resumable_checkpoint(str(tmp_path)) == str(
+        tmp_path / 'epoch_2.pth')
+    (tmp_path / 'epoch_2.pth').unlink()
+    assert find_resumable_checkpoint(str(tmp_path)) == str(
+        tmp_path / 'ckpt_epoch_1.pth')
+    (tmp_path / 'ckpt_epoch_1.pth').unlink()
+    with pytest.raises(CorruptCheckpointError, match='epoch_3.pth'):
+        find_resumable_checkpoint(str(tmp_path))
+    (tmp_path / 'epoch_3.pth').unlink()
+    assert find_resumable_checkpoint(str(tmp_path)) is None
+    # a file that last_checkpoint names is taken, numbered or not
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'pretrained.pth'))
+    assert find_resumable_checkpoint(str(tmp_path)) == str(
+        tmp_path / 'pretrained.pth')
+
+
+def test_resume_takes_last_checkpoint_over_an_earlier_runs_files(tmp_path):
+    """A second run in the same work dir (a changed config, fewer epochs)
+    leaves the first run's higher-numbered files in place: resume goes on
+    from the run that stopped, as last_checkpoint says, not from them."""
+    from mmsk.engine import find_resumable_checkpoint
+    for name in ('epoch_1.pth', 'epoch_2.pth', 'epoch_3.pth'):
+        torch.save({'name': name}, str(tmp_path / name))
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_2.pth'))
+    assert find_resumable_checkpoint(str(tmp_path)) == str(
+        tmp_path / 'epoch_2.pth')
+    # its fall-back is the next lower one, never the earlier run's epoch 3
+    (tmp_path / 'epoch_2.pth').write_bytes(b'PK\x03\x04 truncated')
+    assert find_resumable_checkpoint(str(tmp_path)) == str(
+        tmp_path / 'epoch_1.pth')
+    # without last_checkpoint, the highest number
+    (tmp_path / 'last_checkpoint').unlink()
+    assert find_resumable_checkpoint(str(tmp_path)) == str(
+        tmp_path / 'epoch_3.pth')
+
+
+def test_one_cycle_checkpoints_load_and_resume(tmp_path):
+    """mmengine's OneCycle scheduler saves its annealing function (a static
+    method) in its state: the checkpoints of such runs load with
+    weights_only=True and resume with the same function."""
+    from mmengine.optim.scheduler.param_scheduler import \
+        OneCycleParamScheduler
+
+    from mmsk.checkpoint import UnsafeCheckpointError, load_local_checkpoint
+    schedule = [
+        dict(type='OneCycleLR', eta_max=0.1, total_steps=8, by_epoch=False,
+             anneal_strategy='linear')
+    ]
+    runner = build_runner(tmp_path, param_scheduler=schedule,
+                          **{'train_cfg.max_epochs': 1})
+    runner.train()
+    path = tmp_path / 'epoch_1.pth'
+    state = load_local_checkpoint(str(path))['param_schedulers'][0]
+    assert state['anneal_func'] is OneCycleParamScheduler._annealing_linear
+    resumed = build_runner(tmp_path / 'resumed', param_scheduler=schedule,
+                           **{'train_cfg.max_epochs': 2})
+    resumed.resume(str(path))
+    (scheduler, ) = resumed.param_schedulers
+    assert scheduler.last_step == state['last_step'] > 0
+    assert scheduler.anneal_func is OneCycleParamScheduler._annealing_linear
+
+    # the class itself cannot be called from a checkpoint
+    class _Call:
+
+        def __reduce__(self):
+            return OneCycleParamScheduler, (None, 'lr')
+
+    torch.save({'meta': _Call()}, str(tmp_path / 'call.pth'))
+    with pytest.raises(UnsafeCheckpointError, match='Nothing in the file'):
+        load_local_checkpoint(str(tmp_path / 'call.pth'))
+
+    # nor any other of its attributes looked up
+    class _Lookup:
+
+        def __reduce__(self):
+            return getattr, (OneCycleParamScheduler, 'build_iter_from_epoch')
+
+    torch.save({'meta': _Lookup()}, str(tmp_path / 'lookup.pth'))
+    with pytest.raises(UnsafeCheckpointError):
+        load_local_checkpoint(str(tmp_path / 'lookup.pth'))
 
 
 def test_exact_resume_hook_refuses_persistent_train_workers(tmp_path):

@@ -10,9 +10,10 @@ worse. After :func:`install` (run by ``import mmsk``):
   renamed onto the name once complete); MMEngine's ``CheckpointHook``
   updates ``last_checkpoint`` after ``save_checkpoint`` returns, so it only
   ever names a complete file;
-- ``--resume`` (:func:`find_resumable_checkpoint`) takes the newest
-  checkpoint of the work dir that reads back whole; when the newest one is
-  unreadable it says so and falls back to the next one.
+- ``--resume`` (:func:`find_resumable_checkpoint`) takes the checkpoint
+  ``last_checkpoint`` names when it reads back whole; when it does not, it
+  says so and falls back to the next one by number (never to a ``best_*``
+  file, nor to one an earlier run in the work dir numbered past it).
 """
 import os
 import os.path as osp
@@ -49,12 +50,28 @@ def checkpoint_problem(filename: str) -> Optional[str]:
     return None
 
 
-def _candidates(work_dir: str, named: Optional[str]) -> List[str]:
-    """Checkpoints of ``work_dir``, newest first: by the epoch / iteration in
-    the name; at the same number the one ``last_checkpoint`` names, then
-    ``epoch_N``/``iter_N`` before ``best_*``. Temporary files of
+def _candidates(work_dir: str,
+                named: Optional[str]) -> Tuple[List[str], List[str]]:
+    """Checkpoints of ``work_dir`` to resume from, newest first, and those
+    left out as another run's.
+
+    The file ``last_checkpoint`` names comes first: the Runner writes it
+    after each (atomic) save, so it is the newest complete checkpoint of the
+    run that stopped. The others follow by the epoch / iteration in their
+    names, as fall-backs when it cannot be read; those numbered above it are
+    left out (an earlier run in the same work dir wrote them, and
+    ``max_keep_ckpts`` only removes a run's own files). Without
+    ``last_checkpoint`` all are ranked by number.
+
+    Only the numbered checkpoints of ``CheckpointHook`` (``epoch_N.pth``,
+    ``iter_N.pth``, with any prefix its ``filename_tmpl`` gives) and the
+    file ``last_checkpoint`` names are candidates. ``best_*.pth`` is saved
+    without the optimizer and schedulers, so resuming from it would go on
+    with a fresh optimizer without a word; other unnumbered files (a
+    pretrained or converted model kept in the work dir) say nothing of
+    where training stood. Temporary files of
     :func:`~mmsk.utils.io.atomic_output` (hidden) are never candidates."""
-    ranked: List[Tuple[int, int, int, str]] = []
+    ranked: List[Tuple[int, int, str]] = []
     names = sorted(os.listdir(work_dir)) if osp.isdir(work_dir) else []
     paths = [osp.join(work_dir, n) for n in names
              if n.endswith('.pth') and not n.startswith('.')]
@@ -64,14 +81,20 @@ def _candidates(work_dir: str, named: Optional[str]) -> List[str]:
         paths.append(named)
     for path in paths:
         match = _NUMBERED.search(osp.basename(path))
-        number = int(match.group(2)) if match else -1
         is_named = named is not None and osp.abspath(path) == osp.abspath(
             named)
-        if is_named and not match:
-            number = 1 << 62  # an unnumbered name: trust last_checkpoint
-        plain = not osp.basename(path).startswith('best_')
-        ranked.append((number, is_named, plain, path))
-    return [p for *_, p in sorted(ranked, reverse=True)]
+        if not is_named and (not match or osp.basename(path).startswith(
+                'best_')):
+            continue
+        number = int(match.group(2)) if match else -1
+        ranked.append((is_named, number, path))
+    ranked.sort(reverse=True)
+    if not ranked or not ranked[0][0] or ranked[0][1] < 0:
+        # no last_checkpoint, or an unnumbered one: the rest by number
+        return [p for *_, p in ranked], []
+    ceiling = ranked[0][1]
+    return ([p for _, n, p in ranked if n <= ceiling],
+            [p for _, n, p in ranked if n > ceiling])
 
 
 def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
@@ -95,10 +118,20 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
         # CheckpointHook(out_dir='s3://...'): mmengine's backend reads it;
         # only local files are checked here
         return named
-    candidates = _candidates(work_dir, named)
+    candidates, others = _candidates(work_dir, named)
+    if others:
+        print_log(
+            f'Not resuming from {", ".join(others)}: numbered past '
+            f'{candidates[0]}, which last_checkpoint names as the newest '
+            f'checkpoint of the run that stopped (an earlier run in this '
+            f'work dir left them)', logger='current', level=30)
     if not candidates:
-        print_log(f'No checkpoint in {work_dir} to resume from.',
-                  logger='current')
+        best = [n for n in (os.listdir(work_dir) if osp.isdir(work_dir)
+                            else []) if n.startswith('best_')]
+        print_log(f'No checkpoint in {work_dir} to resume from'
+                  + (f' ({", ".join(sorted(best))} hold no optimizer '
+                     'state: not resumed from)' if best else '') + '.',
+                  logger='current', level=30 if best else 20)
         return None
     skipped = []
     for path in candidates:
