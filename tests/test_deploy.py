@@ -270,6 +270,11 @@ def test_reparameterize_tool_on_a_trained_checkpoint(trained_work_dir,
         str(folded)
     ])
     assert 'Done!' in proc.stdout
+    # the optimizer state of the unfolded parameters is not carried over
+    from mmsk.checkpoint import load_local_checkpoint
+    trained = load_local_checkpoint(str(trained_work_dir / 'epoch_1.pth'))
+    assert 'optimizer' in trained
+    assert set(load_local_checkpoint(str(folded))) == {'state_dict', 'meta'}
     original = init_model(copy.deepcopy(cfg),
                           str(trained_work_dir / 'epoch_1.pth')).eval()
     cfg.merge_from_dict({'model.backbone.deploy': True})

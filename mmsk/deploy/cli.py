@@ -137,11 +137,14 @@ def reparameterize(config, checkpoint: str, out: str, log=print) -> str:
     (``model.backbone.switch_to_deploy()``) and save it to ``out``.
 
     The checkpoint is loaded strictly, so a checkpoint of another model is
-    refused instead of folding random weights; ``out`` keeps what else the
-    checkpoint holds (``meta``) and is written atomically, never over the
-    checkpoint or the config. Load it with ``model.backbone.deploy=True``;
-    its ``meta['cfg']`` is the config with that option set, so
-    :func:`mmsk.checkpoint.config_from_checkpoint` builds the folded model.
+    refused instead of folding random weights; ``out`` holds the folded
+    ``state_dict`` and the checkpoint's ``meta`` (its optimizer, scheduler
+    and message-hub states belong to the unfolded parameters, which the
+    folded model no longer has, so they are left out) and is written
+    atomically, never over the checkpoint or the config. Load it with
+    ``model.backbone.deploy=True``; its ``meta['cfg']`` is the config with
+    that option set, so :func:`mmsk.checkpoint.config_from_checkpoint`
+    builds the folded model.
 
     Returns:
         str: ``out``.
@@ -150,7 +153,13 @@ def reparameterize(config, checkpoint: str, out: str, log=print) -> str:
     out = check_output_path(out, inputs)
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
-    model = build_classifier(config)
+    if isinstance(config, str):
+        if not osp.isfile(config):
+            raise FileNotFoundError(f'config file {config} does not exist')
+        cfg = Config.fromfile(config)  # read once: the model and meta['cfg']
+    else:
+        cfg = copy.deepcopy(config)
+    model = build_classifier(copy.deepcopy(cfg))
     loaded = load_checkpoint_strict(
         model, checkpoint,
         hint="Give a checkpoint of this config's (unfolded) model")
@@ -160,15 +169,12 @@ def reparameterize(config, checkpoint: str, out: str, log=print) -> str:
                         'switch_to_deploy(): nothing to fold')
     log('Converting...')
     switch()
-    folded = dict(loaded) if 'state_dict' in loaded else {}
-    folded['state_dict'] = model.state_dict()
     # the config it carries builds the folded model (it loads the result)
-    cfg = Config.fromfile(config) if isinstance(config, str) else \
-        copy.deepcopy(config)
     cfg.model.backbone.deploy = True
-    meta = folded.get('meta')
-    folded['meta'] = dict(meta if isinstance(meta, dict) else {},
-                          cfg=cfg.pretty_text)
+    meta = loaded.get('meta') if 'state_dict' in loaded else None
+    folded = dict(state_dict=model.state_dict(),
+                  meta=dict(meta if isinstance(meta, dict) else {},
+                            cfg=cfg.pretty_text))
     atomic_save(folded, out, inputs)
     log(f'Done! Save at path "{out}"')
     return out
