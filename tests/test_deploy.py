@@ -128,6 +128,15 @@ def test_deploy_refuses_what_it_cannot_fold():
         dict(BACKBONES['senet18'], conv_cfg=dict(type='ConvWS')))
     with pytest.raises(NotImplementedError, match='ConvWS'):
         model.switch_to_deploy()
+    # mmcv's Conv2d (type 'Conv', nn.Conv2d plus empty batches) folds
+    model = randomize_bn(build_backbone(
+        dict(BACKBONES['senet18'], conv_cfg=dict(type='Conv')))).eval()
+    x = torch.randn(2, 3, 32, 32)
+    want = _outputs(model, x)
+    model.switch_to_deploy()
+    assert not any(isinstance(m, _BatchNorm) for m in model.modules())
+    for a, b in zip(_outputs(model, x), want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 SK18 = dict(type='SKNet', depth=18, stem_channels=8, base_channels=8)

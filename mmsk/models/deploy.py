@@ -34,8 +34,12 @@ class CannotFoldError(ValueError, NotImplementedError):
 
 
 def _check_foldable(module: nn.Module):
+    # mmcv's Conv2d (conv_cfg type 'Conv') is nn.Conv2d plus a path for
+    # empty batches: the same weights, the same maths
+    from mmcv.cnn.bricks.wrappers import Conv2d as MMCVConv2d
+
     from .layers.phase_conv import PhaseConv2d
-    foldable = (nn.Conv2d, PhaseConv2d)
+    foldable = (nn.Conv2d, MMCVConv2d, PhaseConv2d)
     for name, m in module.named_modules():
         if isinstance(m, nn.Conv2d) and type(m) not in foldable:
             raise CannotFoldError(
