@@ -53,12 +53,18 @@ def set_fast_path(enabled: bool) -> None:
 
 
 @contextmanager
-def reference_forward():
-    """Run mmsk blocks with their plain reference forwards inside the
-    ``with`` block."""
+def fast_path_set_to(enabled: bool):
+    """Run mmsk blocks with their fast (``True``) or plain (``False``)
+    forwards inside the ``with`` block, and restore the switch after."""
     previous = _FAST_PATH
-    set_fast_path(False)
+    set_fast_path(enabled)
     try:
         yield
     finally:
         set_fast_path(previous)
+
+
+def reference_forward():
+    """Run mmsk blocks with their plain reference forwards inside the
+    ``with`` block."""
+    return fast_path_set_to(False)

@@ -24,7 +24,7 @@ from typing import Callable, List
 
 import torch
 
-from .config import fast_eager_backward
+from .config import fast_eager_backward, fast_path_enabled, fast_path_set_to
 
 _LOCAL = threading.local()
 
@@ -158,12 +158,24 @@ def checkpoint_module(module: torch.nn.Module, function: Callable, *args):
     step: the running statistics (the eval model) then differ from the
     same training without ``with_cp``. The recomputation uses the batch's
     statistics either way, so outputs and gradients are unchanged.
+
+    The recomputation runs the forward that the forward ran (fast or
+    reference, :func:`~mmsk.models.layers.reference_forward`), wherever the
+    backward is called: the two save different tensors, and checkpointing
+    refuses a recomputation that saves others.
     """
     from contextlib import nullcontext
 
     from torch.utils.checkpoint import checkpoint
+    fast = fast_path_enabled()
+
+    @contextmanager
+    def recompute_context():  # entered when the backward recomputes
+        with fast_path_set_to(fast), _running_stats_frozen(module):
+            yield
+
     return checkpoint(
         function,
         *args,
         use_reentrant=False,
-        context_fn=lambda: (nullcontext(), _running_stats_frozen(module)))
+        context_fn=lambda: (nullcontext(), recompute_context()))
