@@ -7,15 +7,8 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-# the set-up's .venv when there is one (the README's set-up), else python
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x "$ROOT/.venv/bin/python" ]]; then
-        PYTHON="$ROOT/.venv/bin/python"
-    else
-        PYTHON=python
-    fi
-fi
+source "$ROOT/tools/_python.sh"
 if [[ $# -lt 2 || ! "$NPROC" =~ ^[1-9][0-9]*$ ]]; then
     echo "usage: tools/dist_train.sh CONFIG NPROC [ARGS] (NPROC: processes per node," \
         "a positive int; PYTHON, NNODES, NODE_RANK, PORT, MASTER_ADDR from" \

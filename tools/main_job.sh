@@ -27,7 +27,7 @@ WORK_DIR="${2:-work_dirs/$NAME}"
 if [[ -n "${2:-}" && "$WORK_DIR" != /* ]]; then
     WORK_DIR="$(pwd)/$WORK_DIR"
 fi
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+source "$ROOT/tools/_python.sh"
 cd "$ROOT"
 if [[ ! -f "$CONFIG" ]]; then
     echo "error: no such config: $1" >&2
