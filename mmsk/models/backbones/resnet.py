@@ -35,7 +35,8 @@ from mmsk.utils import (BACKBONE_OPTIONS, OptionTypeError, accepted_kwargs,
                         check_options, check_positive_int, check_sync_bn,
                         check_unit_interval, check_unknown_keys,
                         forward_batch_checked, instance_of, int_in, one_of,
-                        optional, out_indices_in, seq_of)
+                        optional, out_indices_in, registered_class,
+                        seq_of)
 from ..deploy import Deployable, fold_for_deploy
 from ..layers.config import fast_path_enabled
 from ..layers.recompute import checkpoint_module, recompute_cheap_outputs
@@ -65,14 +66,9 @@ BLOCK_OPTIONS = dict(
 
 
 def attn_class(attn_cfg: dict) -> type:
-    """The class that ``attn_cfg`` builds."""
-    attn_type = attn_cfg['type']
-    if isinstance(attn_type, type):
-        return attn_type
-    cls = MODELS.get(attn_type)
-    if cls is None:
-        raise KeyError(f'attn_cfg type {attn_type!r} is not registered')
-    return cls
+    """The class that ``attn_cfg`` builds (an unregistered type is refused,
+    with the close names, as every layer config is)."""
+    return registered_class(check_cfg('attn_cfg', attn_cfg))
 
 
 def build_attention(attn_cfg: Optional[dict], channels: int, owner: str):
