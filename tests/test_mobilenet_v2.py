@@ -273,6 +273,13 @@ def test_mmpretrain_suite_invalid_frozen_stages_and_out_indices():
         build_backbone(dict(type='InvertedResidualNet', frozen_stages=9))
     with pytest.raises(ValueError, match='out_indices'):
         build_backbone(dict(type='InvertedResidualNet', out_indices=[8]))
+    # a stage that out_indices leaves unbuilt cannot be frozen
+    with pytest.raises(ValueError, match=r'frozen_stages=4 freezes stages '
+                       r'that out_indices=\(2,\) does not build .* 0\.\.3'):
+        build_backbone(dict(type='InvertedResidualNet', out_indices=(2, ),
+                            frozen_stages=4))
+    build_backbone(dict(type='InvertedResidualNet', out_indices=(2, ),
+                        frozen_stages=3))
 
 
 def test_mmpretrain_suite_first_stage_frozen():

@@ -287,8 +287,8 @@ class InvertedResidualNet(Deployable, BaseBackbone):
             the outputs come back in that order. Nothing after the largest
             index is built. Defaults to ``(-1, )``.
         frozen_stages (int): Freeze (weights and norm statistics) the stem
-            (``0``), rows ``1..k`` (``k``) and the head (``R + 1``).
-            Defaults to -1 (nothing).
+            (``0``), rows ``1..k`` (``k``) and the head (``R + 1``); only
+            stages that ``out_indices`` builds. Defaults to -1 (nothing).
         attn_cfg (dict, optional): Attention slot of every block (see
             :class:`InvertedResidualBlock`).
         conv_cfg, norm_cfg, act_cfg (dict): Layer configs; ReLU6 by default.
@@ -435,6 +435,13 @@ class InvertedResidualNet(Deployable, BaseBackbone):
         if max(self.out_indices) == num_rows:
             self.conv2 = ConvModule(channels, head, 1, **layer_cfg)
             self.stage_names.append('conv2')
+        if frozen_stages >= len(self.stage_names):
+            raise ValueError(
+                f'{type(self).__name__}: frozen_stages={frozen_stages} '
+                f'freezes stages that out_indices='
+                f'{tuple(self.out_indices)} does not build (nothing after '
+                f'its largest index is); the stages built are 0..'
+                f'{len(self.stage_names) - 1}')
         check_option(self, 'deploy', deploy, check_bool)
         self.deploy = False
         if deploy:
