@@ -108,6 +108,17 @@ def _check_options(split: str, kwargs: dict) -> None:
                 -size, size - 1)))
             if not len(indices):
                 raise ValueError('MNIST5k: indices must not be empty')
+            seen = {}
+            for i in indices:
+                position = int(i) % size
+                if position in seen:
+                    first = seen[position]
+                    same = f'{i} twice' if first == i else \
+                        f'{first} and {i}, the same one of {size}'
+                    raise ValueError(
+                        f'MNIST5k: indices lists an image twice ({same}): '
+                        f'a subset takes each image once')
+                seen[position] = i
     classes = (kwargs.get('metainfo') or {}).get('classes')
     if classes is not None and len(classes) != 10:
         raise ValueError(f'MNIST5k: metainfo classes must name the 10 '
