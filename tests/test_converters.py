@@ -1,4 +1,6 @@
 """timm -> mmsk: the converter reproduces timm's logits for every model."""
+import sys
+
 import pytest
 import torch
 
@@ -85,3 +87,27 @@ def test_converter_errors(tmp_path):
         ],
         check=False)
     assert proc.returncode == 1 and 'not supported' in proc.stderr
+    # a KeyError's message without the quotes its str() adds
+    assert proc.stderr.startswith("error: timm model 'nope'") or \
+        proc.stderr.startswith('error: nope'), proc.stderr
+    assert not proc.stderr.startswith('error: "'), proc.stderr
+    # what is not a state dict of weights is named, and nothing is written
+    # (no folder for the output either)
+    out = tmp_path / 'new' / 'o.pth'
+    torch.save({'fc.weight': 5, 'conv1.weight': torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="'fc.weight' is a int, not a "
+                       'tensor'):
+        convert_checkpoint('skresnet18', str(bad), str(out))
+    torch.save({'fc.weight': torch.zeros(5)}, bad)
+    with pytest.raises(ValueError, match=r'fc.weight has shape \(5,\), not '
+                       r'\(classes, features\)'):
+        convert_checkpoint('skresnet18', str(bad), str(out))
+    assert not (tmp_path / 'new').exists()
+    # --list into a reader that has gone (`| head`, here `| true`, which
+    # exits before the list is printed): no BrokenPipeError traceback
+    import subprocess
+    proc = subprocess.run(
+        f'{sys.executable} {ROOT}/tools/model_converters/timm_to_mmsk.py '
+        '--list | true', shell=True, capture_output=True, text=True,
+        timeout=300)
+    assert 'Traceback' not in proc.stderr, proc.stderr

@@ -5,6 +5,7 @@ SRC itself or a folder ends with ``error: ...`` on stderr and exit code 1.
 DST is written atomically and its missing parent folders are created
 (:mod:`mmsk.utils.io`)."""
 import argparse
+import os
 import sys
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -29,13 +30,26 @@ def converter_main(doc: str,
         '--list', action='store_true', help='list the supported models')
     args = parser.parse_args(argv)
     if args.list:
-        print('\n'.join(supported()))
+        try:
+            print('\n'.join(supported()))
+            sys.stdout.flush()
+        except BrokenPipeError:  # `--list | head`: the reader has enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     if not (args.name and args.src and args.dst):
         parser.error('NAME, SRC and DST are required (or --list)')
     try:
         convert(args.name, args.src, args.dst)
     except INPUT_ERRORS as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {error_message(e)}', file=sys.stderr)
         return 1
     return 0
+
+
+def error_message(error: BaseException) -> str:
+    """The text of ``error`` for an ``error:`` line (a ``KeyError``'s
+    message without the quotes its ``str`` adds)."""
+    if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(
+            error.args[0], str):
+        return error.args[0]
+    return str(error)

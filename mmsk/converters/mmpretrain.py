@@ -15,10 +15,9 @@ its configs use the plain form.
 """
 from typing import Callable, Dict, Optional
 
-from mmsk.checkpoint import load_local_checkpoint
 from mmsk.utils.io import check_output_path
-from .timm import (_RESNET_BLOCK_RULES, _rename, _unwrap,
-                   backbone_classifier_config, save_converted)
+from .timm import (_RESNET_BLOCK_RULES, _rename, backbone_classifier_config,
+                   read_state_dict, save_converted)
 
 
 def _pair(source: dict, **backbone) -> dict:
@@ -122,10 +121,8 @@ def convert_checkpoint(model_name: str,
     with ``state_dict``, or a bare state dict; read with
     ``weights_only=True``) to an mmengine checkpoint ``dst``."""
     _entry(model_name)
-    check_output_path(dst, inputs=[src])
-    state_dict = _unwrap(load_local_checkpoint(src, map_location='cpu'))
-    if not isinstance(state_dict, dict) or not state_dict:
-        raise ValueError(f'{src} holds no state dict')
+    check_output_path(dst, inputs=[src], create=False)
+    state_dict = read_state_dict(src, 'head.fc.weight')
     num_classes = state_dict['head.fc.weight'].shape[0] \
         if 'head.fc.weight' in state_dict else 1000
     converted = convert_state_dict(model_name, state_dict)

@@ -264,6 +264,26 @@ def _unwrap(checkpoint) -> dict:
     return checkpoint
 
 
+def read_state_dict(src: str, classifier: str) -> dict:
+    """The state dict in the checkpoint ``src`` (bare, or under
+    ``state_dict`` / ``model`` / ``state_dict_ema``; read with
+    ``weights_only=True``): a non-empty dict of tensors, whose classifier
+    weight ``classifier`` (if any) is a matrix."""
+    import torch
+    state_dict = _unwrap(load_local_checkpoint(src, map_location='cpu'))
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise ValueError(f'{src} holds no state dict')
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f'{src}: {key!r} is a {type(value).__name__}, '
+                             f'not a tensor: not a state dict of weights')
+    head = state_dict.get(classifier)
+    if head is not None and head.dim() != 2:
+        raise ValueError(f'{src}: {classifier} has shape '
+                         f'{tuple(head.shape)}, not (classes, features)')
+    return state_dict
+
+
 def convert_checkpoint(model_name: str,
                        src: str,
                        dst: str,
@@ -274,10 +294,10 @@ def convert_checkpoint(model_name: str,
     ``model``; it is read with ``weights_only=True``.
     """
     _entry(model_name)
-    check_output_path(dst, inputs=[src])
-    state_dict = _unwrap(load_local_checkpoint(src, map_location='cpu'))
-    if not isinstance(state_dict, dict) or not state_dict:
-        raise ValueError(f'{src} holds no state dict')
+    check_output_path(dst, inputs=[src], create=False)
+    classifier = 'classifier.weight' if model_name in \
+        TIMM_MOBILENETV2_MODELS else 'fc.weight'
+    state_dict = read_state_dict(src, classifier)
     converted = convert_state_dict(model_name, state_dict)
     num_classes = converted['head.fc.weight'].shape[0] if \
         'head.fc.weight' in converted else 1000
