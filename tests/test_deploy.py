@@ -389,6 +389,18 @@ def test_reparameterize_refuses_to_write_over_its_input(tmp_path, capsys):
     assert ckpt.read_bytes() == before
     assert reparameterize_main([str(config), str(ckpt), str(tmp_path)]) == 1
     assert 'is a folder' in capsys.readouterr().err
+    # a missing checkpoint or a config that is not Python: one line, and
+    # the output's folder is not left behind
+    out = tmp_path / 'new' / 'folded.pth'
+    assert reparameterize_main([str(config), str(tmp_path / 'none.pth'),
+                                str(out)]) == 1
+    assert 'none.pth does not exist' in capsys.readouterr().err
+    (tmp_path / 'broken.py').write_text('model = dict(type=\n')
+    assert reparameterize_main([str(tmp_path / 'broken.py'), str(ckpt),
+                                str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and 'Traceback' not in err, err
+    assert not (tmp_path / 'new').exists()
 
 
 def test_reparameterize_writes_atomically(tmp_path, monkeypatch):

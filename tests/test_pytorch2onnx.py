@@ -303,6 +303,8 @@ BAD_INPUTS = {
     'tolerance-inf': (None, ('--tolerance', 'inf'), '--tolerance'),
     'tolerance-negative': (None, ('--tolerance', '-1'), '--tolerance'),
     'tolerance-0': (None, ('--tolerance', '0'), '--tolerance'),
+    # checked before the model is built
+    'shape-0': (None, ('--shape', '0', '28'), 'shape[0] must be'),
 }
 
 
@@ -313,12 +315,15 @@ def test_tool_bad_input_is_a_one_line_error(bad, tmp_path, capsys):
     tiny_checkpoint(path)
     if write is not None:
         write(path)
-    out = tmp_path / 'model.onnx'
-    code, _, err = _tool(capsys, path, '--shape', 28, 28, '--out', out,
-                         *options)
+    out = tmp_path / 'new' / 'model.onnx'
+    code, stdout, err = _tool(capsys, path, '--shape', 28, 28, '--out', out,
+                              *options)
     assert code == 1
     assert want in _one_line_error(err)
-    assert not out.exists()
+    # nothing written, not even the output's folder
+    assert not (tmp_path / 'new').exists()
+    if bad == 'shape-0':
+        assert 'exporting' not in stdout
 
 
 def test_opset_range_is_torchs():

@@ -15,19 +15,21 @@ import os.path as osp
 import sys
 from typing import Optional, Sequence
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
-from mmsk.converters.cli import INPUT_ERRORS
+from mmsk.converters.cli import INPUT_ERRORS, error_message
 from mmsk.engine.loading import CheckpointMismatchError
 from mmsk.utils import check_positive_number
-from mmsk.utils.io import atomic_save, check_output_path
+from mmsk.utils.io import atomic_save, check_output_path, read_config
 
-from .onnx import (DEFAULT_OPSETS, TOLERANCE, build_classifier, check_inputs,
-                   check_opset, export_onnx, load_checkpoint_strict,
-                   verify_onnx)
+from .onnx import (DEFAULT_OPSETS, TOLERANCE, _check_shape, build_classifier,
+                   check_inputs, check_opset, export_onnx,
+                   load_checkpoint_strict, verify_onnx)
 
-#: What the tools turn into ``error: ...`` and exit code 1.
-TOOL_ERRORS = INPUT_ERRORS + (TypeError, CheckpointMismatchError)
+#: What the tools turn into ``error: ...`` and exit code 1 (SyntaxError: a
+#: config file that is not Python).
+TOOL_ERRORS = INPUT_ERRORS + (TypeError, CheckpointMismatchError,
+                              SyntaxError)
 
 
 def pytorch2onnx(config,
@@ -52,20 +54,19 @@ def pytorch2onnx(config,
         dict: ``out`` (the file), ``diffs`` (input -> max abs diff) and
         ``max_diff``.
     """
-    from mmengine.config import Config
     inputs = [checkpoint]
     if isinstance(config, str):
         if out is None:
             out = osp.splitext(osp.basename(config))[0] + '.onnx'
-        if not osp.isfile(config):
-            raise FileNotFoundError(f'config file {config} does not exist')
         inputs.append(config)
-        config = Config.fromfile(config)
+        config = read_config(config)
     elif out is None:
         raise ValueError('out is needed when config is not a file')
-    # refuse a bad output or opset before any work
-    out = check_output_path(out, inputs)
+    # refuse a bad output, opset or shape before any work (and leave no
+    # folder behind when the work fails)
+    out = check_output_path(out, inputs, create=False)
     check_opset(exporter, opset)
+    _check_shape(shape)
     if cfg_options:
         config.merge_from_dict(cfg_options)
     model = build_classifier(config, checkpoint, deploy=deploy)
@@ -88,7 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description='Export an mmsk classifier (or its backbone features) to '
         'ONNX and check the file with onnxruntime against PyTorch; exits '
-        f'with 1 when they differ by more than --tolerance.')
+        'with 1 when they differ by more than --tolerance.')
     parser.add_argument('config', help='mmpretrain config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--shape', type=int, nargs=2, required=True,
@@ -122,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               exporter=args.exporter, opset=args.opset,
                               cfg_options=args.cfg_options)
     except TOOL_ERRORS as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {error_message(e)}', file=sys.stderr)
         return 1
     diff = result['max_diff']
     verdict = 'ok' if diff <= args.tolerance else 'FAILED'
@@ -150,13 +151,11 @@ def reparameterize(config, checkpoint: str, out: str, log=print) -> str:
         str: ``out``.
     """
     inputs = [checkpoint] + ([config] if isinstance(config, str) else [])
-    out = check_output_path(out, inputs)
+    out = check_output_path(out, inputs, create=False)
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
     if isinstance(config, str):
-        if not osp.isfile(config):
-            raise FileNotFoundError(f'config file {config} does not exist')
-        cfg = Config.fromfile(config)  # read once: the model and meta['cfg']
+        cfg = read_config(config)  # read once: the model and meta['cfg']
     else:
         cfg = copy.deepcopy(config)
     model = build_classifier(copy.deepcopy(cfg))
@@ -194,7 +193,7 @@ def reparameterize_main(argv: Optional[Sequence[str]] = None) -> int:
         reparameterize(args.config_path, args.checkpoint_path,
                        args.save_path)
     except TOOL_ERRORS as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {error_message(e)}', file=sys.stderr)
         return 1
     return 0
 

@@ -75,12 +75,10 @@ def build_classifier(config,
     ``deploy=True`` then folds the backbone
     (``model.backbone.switch_to_deploy()``, mmpretrain's convention)."""
     import mmsk  # noqa: F401  (registers the backbones)
-    from mmengine.config import Config
     from mmpretrain.apis import init_model
     if isinstance(config, str):
-        if not osp.isfile(config):
-            raise FileNotFoundError(f'config file {config} does not exist')
-        config = Config.fromfile(config)
+        from mmsk.utils.io import read_config
+        config = read_config(config)
     if checkpoint is not None and not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
     model = init_model(config, None, device='cpu')

@@ -39,7 +39,8 @@ def _same_file(a: str, b: str) -> bool:
 
 def check_output_path(path: PathLike,
                       inputs: Iterable[Optional[PathLike]] = (),
-                      make_dirs: bool = True) -> str:
+                      make_dirs: bool = True,
+                      create: bool = True) -> str:
     """Check that ``path`` can be written and return it as a string.
 
     Args:
@@ -49,6 +50,10 @@ def check_output_path(path: PathLike,
             another spelling of the same path.
         make_dirs: create missing parent folders (else name them in the
             error).
+        create: with ``make_dirs``, create them now; ``False`` only checks
+            that they can be made (the nearest existing one is a folder),
+            for a check before any work that must leave nothing behind
+            when the work then fails.
 
     Raises:
         OutputPathError: ``path`` is empty, a folder, one of ``inputs``, or
@@ -75,6 +80,14 @@ def check_output_path(path: PathLike,
         if not make_dirs:
             raise OutputPathError(
                 f'cannot write {path!r}: folder {parent!r} does not exist')
+        if not create:
+            existing = parent
+            while not osp.exists(existing):
+                existing = osp.dirname(existing)
+            if not osp.isdir(existing):
+                raise OutputPathError(
+                    f'cannot write {path!r}: {existing!r} is not a folder')
+            return path
         try:
             os.makedirs(parent, exist_ok=True)
         except OSError as e:
@@ -158,3 +171,22 @@ def atomic_write_text(text: str,
         with open(tmp, 'w', encoding='utf-8') as f:
             f.write(text)
     return osp.expanduser(os.fspath(path))
+
+
+def read_config(path: PathLike):
+    """The :class:`mmengine.config.Config` of the file ``path``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not valid Python (naming the file and the
+            line; mmengine's own ``SyntaxError`` names neither).
+    """
+    from mmengine.config import Config
+    path = osp.expanduser(os.fspath(path))
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config file {path} does not exist')
+    try:
+        return Config.fromfile(path)
+    except SyntaxError as e:
+        raise ValueError(f'config {path} is not valid Python: {e.msg} '
+                         f'(line {e.lineno})') from None

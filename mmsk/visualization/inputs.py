@@ -4,6 +4,7 @@ Images come from files / folders (a folder whose images sit in
 sub-folders gives each image its sub-folder's name as class label, as
 mmpretrain's ``CustomDataset`` does) or from the built-in MNIST5k digits.
 """
+import math
 import os.path as osp
 import sys
 from numbers import Real
@@ -160,16 +161,62 @@ def load_images(paths: Sequence[str],
     return ImageSet(images, labels, classes, [p for p, _ in entries])
 
 
+def check_device(device: str) -> str:
+    """``device`` as torch names one, and present on this machine."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f'device {device!r} is not a torch device (e.g. '
+                         f'cpu, cuda, cuda:1): {e}') from None
+    if parsed.type == 'cuda':
+        count = torch.cuda.device_count() if torch.cuda.is_available() \
+            else 0
+        if (parsed.index or 0) >= count:
+            raise ValueError(f'device {device!r}: this machine has '
+                             f'{count} CUDA device(s)')
+    elif parsed.type != 'cpu':
+        raise ValueError(f'device {device!r}: give cpu or cuda[:N]')
+    return device
+
+
 def check_scales(scales: Sequence[float]) -> Tuple[float, ...]:
     if not isinstance(scales, (list, tuple)) or not scales:
         raise ValueError(f'scales must be a non-empty list, got {scales!r}')
     for s in scales:
-        if not isinstance(s, Real) or isinstance(s, bool) or s < 1:
-            raise ValueError(f'every scale must be a number >= 1 (1 = the '
-                             f'image as it is), got {s!r}')
+        if not isinstance(s, Real) or isinstance(s, bool) or \
+                not math.isfinite(s) or s < 1:
+            raise ValueError(f'every scale must be a finite number >= 1 '
+                             f'(1 = the image as it is), got {s!r}')
     if len(set(scales)) != len(scales):
         raise ValueError(f'scales must be distinct, got {list(scales)}')
     return tuple(float(s) for s in scales)
+
+
+def _crop_size(shape, scale: float) -> Tuple[int, int]:
+    h, w = shape[:2]
+    return max(int(round(h / scale)), 1), max(int(round(w / scale)), 1)
+
+
+def check_crops(scales: Sequence[float], shapes) -> None:
+    """Each scale crops at least 2x2 pixels of every image size in
+    ``shapes``, and no two scales the same pixels (they would give the same
+    numbers under two names)."""
+    for shape in sorted(set(tuple(s[:2]) for s in shapes)):
+        h, w = shape
+        crops = {}
+        for scale in scales:
+            crop = _crop_size(shape, scale)
+            if min(crop) < 2:
+                raise ValueError(
+                    f'scale {scale:g} crops {crop[0]}x{crop[1]} pixels of a '
+                    f'{h}x{w} image: too few to enlarge (at most '
+                    f'{min(h, w) / 2:g} there)')
+            if crop in crops:
+                raise ValueError(
+                    f'scales {crops[crop]:g} and {scale:g} crop the same '
+                    f'{crop[0]}x{crop[1]} pixels of a {h}x{w} image: they '
+                    f'would give the same numbers; give scales further apart')
+            crops[crop] = scale
 
 
 def enlarge(img: np.ndarray, scale: float) -> np.ndarray:
@@ -186,7 +233,7 @@ def enlarge(img: np.ndarray, scale: float) -> np.ndarray:
     if scale == 1:
         return img
     h, w = img.shape[:2]
-    ch, cw = max(int(round(h / scale)), 1), max(int(round(w / scale)), 1)
+    ch, cw = _crop_size(img.shape, scale)
     top, left = (h - ch) // 2, (w - cw) // 2
     crop = np.ascontiguousarray(img[top:top + ch, left:left + cw])
     return mmcv.imresize(crop, (w, h), interpolation='bilinear')
@@ -229,14 +276,12 @@ def load_model(config: str,
     weights), strictly (a checkpoint of another model raises
     :class:`~mmsk.engine.CheckpointMismatchError` naming the keys). The
     model is in eval mode."""
-    from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
 
     import mmsk  # noqa: F401  (registers models, safe checkpoint loading)
     from mmsk.engine.loading import load_checkpoint_strict
-    if not osp.isfile(config):
-        raise FileNotFoundError(f'no such config: {config}')
-    cfg = Config.fromfile(config)
+    from mmsk.utils.io import read_config
+    cfg = read_config(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if 'model' not in cfg:

@@ -22,10 +22,11 @@ def pyplot():
 
 def check_outputs(out_dir: str, names: Iterable[str]) -> None:
     """Check, before any work, that the files ``names`` can be written in
-    ``out_dir`` (created when missing): ``OutputPathError`` (a
-    ``ValueError``) when ``out_dir`` is a file or a name is a folder."""
+    ``out_dir`` (created with the first file, so a run that fails leaves
+    nothing behind): ``OutputPathError`` (a ``ValueError``) when
+    ``out_dir`` is a file or a name is a folder."""
     for name in names:
-        check_output_path(osp.join(out_dir, name))
+        check_output_path(osp.join(out_dir, name), create=False)
 
 
 def save_figure(fig, path: str, dpi: int = 90) -> str:
