@@ -470,6 +470,53 @@ def test_cli_refuses_an_out_that_is_a_file(tmp_path, capsys):
         'sk_attention.json']
 
 
+def test_cli_checks_device_scales_and_leaves_no_out_behind(tmp_path, capsys):
+    """A bad --device, a scale that is not finite, or scales that crop too
+    few or the same pixels: one error line, before the model is built (a
+    missing config is not reached), and no --out folder is left."""
+    import torch
+
+    from mmsk.visualization.cli import se_weights_main, sk_attention_main
+    missing = str(tmp_path / 'missing.py')
+    out = tmp_path / 'out'
+
+    def error(main, *args):
+        assert main([missing, 'none', '--dataset', 'built-in', '--out',
+                     str(out), *args]) == 1
+        return capsys.readouterr().err
+
+    for main in (sk_attention_main, se_weights_main):
+        assert "device 'foo' is not a torch device" in error(
+            main, '--device', 'foo')
+        if not torch.cuda.is_available():
+            assert "device 'cuda': this machine has 0 CUDA device(s)" in \
+                error(main, '--device', 'cuda')
+    for scale in ('nan', 'inf'):
+        assert f'finite number >= 1 (1 = the image as it is), got {scale}' \
+            in error(sk_attention_main, '--scales', '1', scale)
+    assert not out.exists()
+    # scales are checked against the images' size
+    config = f'{ROOT}/configs/sknet/sknet18-cifar_1xb64_mnist5k.py'
+    tiny = ['model.backbone.stem_channels=8', 'model.backbone.base_channels=8',
+            'model.head.in_channels=64']
+    for scales, want in [
+            (['1', '1e6'], 'scale 1e+06 crops 1x1 pixels of a 28x28 image: '
+             'too few to enlarge (at most 14 there)'),
+            (['1', '1.01'], 'scales 1 and 1.01 crop the same 28x28 pixels of '
+             'a 28x28 image')]:
+        assert sk_attention_main([
+            config, 'none', '--dataset', 'built-in', '--max-images', '2',
+            '--out', str(out), '--scales', *scales, '--cfg-options',
+            *tiny]) == 1
+        assert want in capsys.readouterr().err
+        # --unit 99 and --batch-size 0 fail in the analysis: nothing left
+        assert not out.exists()
+    assert sk_attention_main([
+        config, 'none', '--dataset', 'built-in', '--max-images', '2', '--out',
+        str(out), '--unit', '99', '--cfg-options', *tiny]) == 1
+    assert 'unit' in capsys.readouterr().err and not out.exists()
+
+
 def test_module_cli_runs_the_tool_it_names(tmp_path, capsys):
     """``python -m mmsk.visualization.cli`` did nothing and exited 0: it
     now runs the tool named first and refuses anything else."""

@@ -7,6 +7,7 @@ import sys
 from typing import Optional, Sequence
 
 from mmsk.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
+from mmsk.converters.cli import error_message
 from mmsk.engine.loading import CheckpointMismatchError
 
 # ValueError includes mmsk.utils.io.OutputPathError (an --out that is a file)
@@ -84,12 +85,13 @@ def _run(main, argv):
     try:
         return main(argv)
     except INPUT_ERRORS as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {error_message(e)}', file=sys.stderr)
         return 1
 
 
 def sk_attention_main(argv: Optional[Sequence[str]] = None) -> int:
     from . import sk_attention
+    from .inputs import check_device, check_scales
     parser = _parser(sk_attention.__doc__)
     parser.add_argument(
         '--scales', nargs='+', type=float, default=[1.0, 1.5, 2.0],
@@ -102,6 +104,8 @@ def sk_attention_main(argv: Optional[Sequence[str]] = None) -> int:
     def main(argv):
         args = parser.parse_args(argv)
         _check_out(args.out, 'sk_attention.json')
+        check_device(args.device)
+        check_scales(args.scales)
         images = _images(args, parser)
         model = _model(args)
         result = sk_attention.analyze(
@@ -121,6 +125,7 @@ def sk_attention_main(argv: Optional[Sequence[str]] = None) -> int:
 
 def se_weights_main(argv: Optional[Sequence[str]] = None) -> int:
     from . import se_weights
+    from .inputs import check_device
     parser = _parser(se_weights.__doc__)
     parser.add_argument(
         '--blocks', nargs='+', help='SE blocks to show: indices or module '
@@ -129,6 +134,7 @@ def se_weights_main(argv: Optional[Sequence[str]] = None) -> int:
     def main(argv):
         args = parser.parse_args(argv)
         _check_out(args.out, 'se_weights.json')
+        check_device(args.device)
         images = _images(args, parser)
         model = _model(args)
         result = se_weights.analyze(

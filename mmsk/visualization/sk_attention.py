@@ -24,7 +24,7 @@ import torch
 
 from mmsk.models.layers.selective_kernel import SKConv, attention_weights
 from mmsk.utils import check_positive_int
-from .inputs import (ImageSet, backbone_of, check_scales, enlarge,
+from .inputs import (ImageSet, backbone_of, check_crops, check_scales, enlarge,
                      module_name, to_input)
 from .plotting import (check_outputs, pyplot, save_figure, scale_label,
                        write_csv, write_json)
@@ -159,6 +159,7 @@ def collect_sk_attention(model: torch.nn.Module,
     """
     from mmengine.utils import ProgressBar
     scales = check_scales(list(scales))
+    check_crops(scales, [img.shape for img in images.images])
     check_positive_int('batch_size', batch_size)
     units = find_sk_units(model)
     if not units:
