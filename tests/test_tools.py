@@ -32,6 +32,9 @@ def test_test_tool_prints_accuracy(trained_work_dir, tmp_path):
     ])
     assert 'accuracy/top1' in proc.stdout + proc.stderr
     assert 0 <= json.loads(out.read_text())['accuracy/top1'] <= 100
+    # --out is written aside and renamed: no temporary file is left
+    assert sorted(p.name for p in tmp_path.iterdir()
+                  if p.name.startswith('.')) == []
 
 
 def test_mmpretrain_shipped_train_tool_runs_mmsk_config(tmp_path):
@@ -129,20 +132,43 @@ def test_dist_scripts_two_processes_on_cpu(tmp_path):
 def test_train_and_test_tools_report_bad_input_in_one_line(tmp_path):
     """A missing config or checkpoint and a corrupt checkpoint ended in a
     traceback; now one ``error:`` line and exit code 1."""
-    (tmp_path / 'corrupt.pth').write_text('not a checkpoint')
+    given = tmp_path / 'in'
+    given.mkdir()
+    (given / 'corrupt.pth').write_text('not a checkpoint')
+    (given / 'broken.py').write_text('model = dict(type=\n')
+    ckpt = str(given / 'corrupt.pth')
+    test = [f'{ROOT}/tools/test.py', MAIN_CONFIG, ckpt]
     for args, want in [
         ([f'{ROOT}/tools/train.py', str(tmp_path / 'missing.py')],
          "error: FileNotFoundError: [Errno 2] No such file or directory: "),
-        ([f'{ROOT}/tools/test.py', MAIN_CONFIG, str(tmp_path / 'corrupt.pth'),
-          '--work-dir', str(tmp_path / 'wd')],
-         f"error: CorruptCheckpointError: Cannot read checkpoint "
-         f"'{tmp_path / 'corrupt.pth'}'"),
+        (test + ['--work-dir', str(tmp_path / 'wd')],
+         f"error: CorruptCheckpointError: Cannot read checkpoint '{ckpt}'"),
+        # a config that is not Python
+        ([f'{ROOT}/tools/train.py', str(given / 'broken.py'), '--work-dir',
+          str(tmp_path / 'wd')], 'error: SyntaxError: '),
+        # output paths, checked before any work: --out over an input (it
+        # replaced the checkpoint with the results), a folder, a suffix
+        # that the tool cannot write; a --work-dir that is a file
+        (test + ['--out', ckpt], f"error: output '{ckpt}' is the input"),
+        (test + ['--out', str(given), '--out-item', 'metrics'],
+         f"error: output '{given}' is a folder: give a file name"),
+        (test + [f'--out={given}/m.pth', '--out-item', 'metrics'],
+         f"error: --out '{given}/m.pth': --out-item metrics writes .json, "),
+        (test + ['--out', str(tmp_path / 'new' / 'preds.json')],
+         "error: --out '"),
+        (test + ['--work-dir', ckpt],
+         f"error: --work-dir '{ckpt}' is a file, not a folder"),
     ]:
         proc = run_python(args=args, check=False)
         assert proc.returncode == 1, proc.stderr[-2000:]
         assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
         assert proc.stderr.strip().splitlines()[-1].startswith(want), \
             proc.stderr[-2000:]
+    # nothing was written or created
+    assert (given / 'corrupt.pth').read_text() == 'not a checkpoint'
+    assert sorted(p.name for p in given.iterdir()) == [
+        'broken.py', 'corrupt.pth']
+    assert not (tmp_path / 'new').exists()
 
 
 def test_dist_scripts_check_their_arguments_and_find_the_venv(tmp_path):
@@ -159,22 +185,33 @@ def test_dist_scripts_check_their_arguments_and_find_the_venv(tmp_path):
                               timeout=60)
         assert proc.returncode == 2
         assert proc.stderr.startswith(f'usage: tools/{script} CONFIG ')
+    # a missing config or checkpoint: one line, before torchrun starts a
+    # process (each of which printed its traceback)
+    for script, args in [
+            ('dist_train.sh', [str(tmp_path / 'none.py'), '2']),
+            ('dist_test.sh', [MAIN_CONFIG, str(tmp_path / 'none.pth'), '2'])]:
+        proc = subprocess.run(['bash', f'{ROOT}/tools/{script}', *args],
+                              env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 1
+        assert proc.stderr.startswith('error: no such ') and \
+            proc.stderr.count('\n') == 1, proc.stderr
     # PATH without a python: only the .venv's can run train.py, which
-    # then reports the missing config in one line
+    # then reports the config that is not Python in one line
     (tmp_path / 'bin').mkdir()
+    (tmp_path / 'broken.py').write_text('model = dict(type=\n')
     bare = dict(env, PATH=f"{tmp_path / 'bin'}:/bin", OMP_NUM_THREADS='1',
                 PORT='29541')
     proc = subprocess.run(
-        ['bash', f'{ROOT}/tools/dist_train.sh', str(tmp_path / 'none.py'),
-         '1'], env=bare, capture_output=True, text=True, timeout=300)
+        ['bash', f'{ROOT}/tools/dist_train.sh', str(tmp_path / 'broken.py'),
+         '1', '--work-dir', str(tmp_path / 'wd')], env=bare,
+        capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     if not os.path.exists(os.path.join(ROOT, '.venv', 'bin', 'python')):
         # mmsk installed without the set-up: the first python on PATH
         assert 'python: command not found' in proc.stderr, proc.stderr
         return
-    assert 'error: FileNotFoundError: [Errno 2] No such file or ' \
-        f"directory: '{tmp_path / 'none.py'}'" in proc.stderr, \
-        proc.stderr[-3000:]
+    assert 'error: SyntaxError: ' in proc.stderr, proc.stderr[-3000:]
 
 
 def _anchors(markdown: str) -> set:
@@ -258,6 +295,14 @@ default_hooks = dict(checkpoint=dict(save_best=None))
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert 'error: no such config: cfgs/missing.py' in proc.stderr
+    # an argument past WORK_DIR was ignored without a word
+    proc = subprocess.run(
+        ['bash', f'{ROOT}/tools/main_job.sh', 'cfgs/tiny.py', 'work',
+         'extra'], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith('error: too many arguments: cfgs/tiny.py '
+                                  'work extra (usage: ')
 
 
 def test_main_job_resumes_a_run_that_stopped(tmp_path):

@@ -17,6 +17,16 @@ if [[ $# -lt 3 || ! "$NPROC" =~ ^[1-9][0-9]*$ ]]; then
     exit 2
 fi
 
+# a missing file: one line here, not one traceback per process
+if [[ ! -f "$CONFIG" ]]; then
+    echo "error: no such config file: $CONFIG" >&2
+    exit 1
+fi
+if [[ "$CHECKPOINT" != *://* && ! -f "$CHECKPOINT" ]]; then
+    echo "error: no such checkpoint file: $CHECKPOINT" >&2
+    exit 1
+fi
+
 PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
 "$PYTHON" -m torch.distributed.run \
     --nnodes="$NNODES" \

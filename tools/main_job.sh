@@ -2,8 +2,9 @@
 # Train CONFIG on the built-in data set (best checkpoint picked on val), test
 # that checkpoint on the held-out test split, print its test top-1.
 #   tools/main_job.sh [--resume] [CONFIG] [WORK_DIR]
-# CONFIG and WORK_DIR may be relative to the current folder or to the
-# repository root. --resume continues a run that stopped (a crash, a kill, a
+# CONFIG may be relative to the current folder or to the repository root,
+# WORK_DIR to the current folder (default: work_dirs/CONFIG_NAME in the
+# repository root). --resume continues a run that stopped (a crash, a kill, a
 # reboot) from the newest whole checkpoint in WORK_DIR instead of training
 # from the start (`make main RESUME=1`).
 set -euo pipefail
@@ -15,6 +16,11 @@ if [[ "${1:-}" == "--resume" ]]; then
 elif [[ "${1:-}" == -* ]]; then
     echo "error: unknown option $1 (usage: tools/main_job.sh [--resume]" \
         "[CONFIG] [WORK_DIR])" >&2
+    exit 2
+fi
+if [[ $# -gt 2 ]]; then
+    echo "error: too many arguments: $* (usage: tools/main_job.sh" \
+        "[--resume] [CONFIG] [WORK_DIR])" >&2
     exit 2
 fi
 CONFIG="${1:-configs/sknet/sknet18-cifar_1xb64_mnist5k.py}"

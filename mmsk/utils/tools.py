@@ -6,13 +6,20 @@ mmsk's ``tools/train.py`` and ``tools/test.py`` are mmpretrain's, unchanged
 backend, no device ids for DDP, no ``torch.cuda.set_device``.
 
 Bad input that mmsk detects (a missing config or checkpoint, a corrupt,
-unsafe or unfitting checkpoint, an unsafe config text) ends with one
+unsafe or unfitting checkpoint, an unsafe config text, a config that is not
+Python, a ``--work-dir`` that is a file, a ``--out`` of ``test.py`` that is
+a folder, one of the inputs or of the wrong suffix) ends with one
 ``error: ...`` line and exit code 1 instead of a traceback; other errors
-(e.g. a wrong option, whose message names it) keep their traceback.
+(e.g. a wrong option, whose message names it) keep their traceback. The
+output paths are checked before any work, and ``test.py`` writes ``--out``
+atomically (a temporary file next to it, renamed when the run succeeds).
 """
+import os
 import os.path as osp
 import runpy
 import sys
+import uuid
+from typing import List, Optional, Tuple
 
 
 def mmpretrain_tool_path(name: str) -> str:
@@ -46,6 +53,75 @@ def _cpu_launcher_options(argv):
     return argv + ['--cfg-options'] + options
 
 
+def _option(argv: List[str], name: str) -> Tuple[Optional[int], str]:
+    """Where the value of ``name`` (``--opt X`` or ``--opt=X``; the last
+    one, as argparse takes it) is in ``argv``, and the value."""
+    found: Tuple[Optional[int], str] = (None, '')
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            found = (i + 1, argv[i + 1])
+        elif arg.startswith(name + '='):
+            found = (i, arg.split('=', 1)[1])
+    return found
+
+
+#: what mmpretrain's test.py writes with --out: mmengine.dump picks the
+#: format of the metrics by the suffix; predictions are always a pickle
+_OUT_SUFFIXES = dict(metrics=('.json', '.yaml', '.yml', '.pkl', '.pickle'),
+                     pred=('.pkl', '.pickle'))
+
+
+def _check_work_dir(argv: List[str]):
+    _, work_dir = _option(argv, '--work-dir')
+    if work_dir and osp.exists(work_dir) and not osp.isdir(work_dir):
+        raise ValueError(f'--work-dir {work_dir!r} is a file, not a folder')
+
+
+def _atomic_out(argv: List[str]):
+    """Check test.py's ``--out`` before any work and point the tool at a
+    temporary file next to it; returns ``(argv, finish)``, where
+    ``finish(ok)`` renames the temporary file onto ``--out`` when the run
+    succeeded and wrote it (in a distributed run only rank 0 writes
+    predictions), else removes it."""
+    from mmsk.utils.io import _fsync_dir, check_output_path
+    index, out = _option(argv, '--out')
+    if index is None:
+        return argv, lambda ok: None
+    inputs = [a for i, a in enumerate(argv)
+              if i != index and not a.startswith('-') and osp.isfile(a)]
+    out = check_output_path(out, inputs, create=False)
+    _, item = _option(argv, '--out-item')
+    item = item or 'pred'
+    suffixes = _OUT_SUFFIXES.get(item)
+    if suffixes and not out.lower().endswith(suffixes):
+        raise ValueError(
+            f'--out {out!r}: --out-item {item} writes '
+            + ('a pickle (.pkl, .pickle; predictions are the default)'
+               if item == 'pred' else
+               '.json, .yaml/.yml or .pkl/.pickle (the suffix picks the '
+               'format)'))
+    folder = osp.dirname(osp.abspath(out))
+    made = not osp.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
+    stem, ext = osp.splitext(osp.basename(out))
+    tmp = osp.join(folder, f'.{stem}.{uuid.uuid4().hex[:8]}.tmp{ext}')
+    argv = list(argv)
+    argv[index] = f'--out={tmp}' if argv[index].startswith('--out=') \
+        else tmp
+
+    def finish(ok: bool):
+        if ok and osp.isfile(tmp) and osp.getsize(tmp) > 0:
+            os.replace(tmp, out)
+            _fsync_dir(folder)
+            return
+        if osp.exists(tmp):
+            os.remove(tmp)
+        if made and not os.listdir(folder):
+            os.rmdir(folder)
+
+    return argv, finish
+
+
 def run_mmpretrain_tool(name: str):
     import torch
 
@@ -56,12 +132,27 @@ def run_mmpretrain_tool(name: str):
     # allow the same MMEngine checkpoint types for them in this process.
     torch.serialization.add_safe_globals(allowed_globals())
     path = mmpretrain_tool_path(name)
-    sys.argv = [path] + _cpu_launcher_options(sys.argv[1:])
+    argv = sys.argv[1:]
+    finish = None
+    try:
+        # bad output paths are refused before any work
+        _check_work_dir(argv)
+        if name == 'test.py':
+            argv, finish = _atomic_out(argv)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+    sys.argv = [path] + _cpu_launcher_options(argv)
+    ok = False
     try:
         runpy.run_path(path, run_name='__main__')
+        ok = True
     except input_errors() as e:
         print(f'error: {type(e).__name__}: {e}', file=sys.stderr)
         sys.exit(1)
+    finally:
+        if finish is not None:
+            finish(ok)
 
 
 def input_errors() -> tuple:
@@ -73,4 +164,4 @@ def input_errors() -> tuple:
     from mmsk.models.backbones.pretrained import PretrainedMismatchError
     return (FileNotFoundError, CorruptCheckpointError, UnsafeCheckpointError,
             UnsafeConfigError, CheckpointMismatchError,
-            PretrainedMismatchError)
+            PretrainedMismatchError, SyntaxError)
