@@ -1325,7 +1325,13 @@ def report_record(path: str, out_dir: Optional[str] = None,
     if missing:
         raise ValueError(f'report: {path} is not a benchmark record '
                          f'(missing: {", ".join(missing)})')
-    record['markdown'] = markdown(record)
+    try:
+        record['markdown'] = markdown(record)
+    except (TypeError, KeyError, IndexError, AttributeError) as e:
+        # the keys are there, but not what a benchmark run writes in them
+        raise ValueError(
+            f'report: {path} is not a benchmark record that this version '
+            f'can read ({type(e).__name__}: {e})') from e
     return write_record(
         record, osp.dirname(path) or '.' if out_dir is None else out_dir,
         stem or osp.splitext(osp.basename(path))[0], plot)
