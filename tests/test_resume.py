@@ -221,6 +221,14 @@ def test_resume_takes_last_checkpoint_over_an_earlier_runs_files(tmp_path):
     (tmp_path / 'epoch_2.pth').write_bytes(b'PK\x03\x04 truncated')
     assert find_resumable_checkpoint(str(tmp_path)) == str(
         tmp_path / 'epoch_1.pth')
+    # nor to another run's files of another name pattern (iteration-based,
+    # or another filename_tmpl)
+    torch.save({}, str(tmp_path / 'iter_1.pth'))
+    torch.save({}, str(tmp_path / 'ckpt_epoch_1.pth'))
+    (tmp_path / 'epoch_1.pth').unlink()
+    from mmsk.checkpoint import CorruptCheckpointError
+    with pytest.raises(CorruptCheckpointError, match='epoch_2.pth'):
+        find_resumable_checkpoint(str(tmp_path))
     # without last_checkpoint, the highest number
     (tmp_path / 'last_checkpoint').unlink()
     assert find_resumable_checkpoint(str(tmp_path)) == str(

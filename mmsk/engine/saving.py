@@ -58,9 +58,11 @@ def _candidates(work_dir: str,
     The file ``last_checkpoint`` names comes first: the Runner writes it
     after each (atomic) save, so it is the newest complete checkpoint of the
     run that stopped. The others follow by the epoch / iteration in their
-    names, as fall-backs when it cannot be read; those numbered above it are
-    left out (an earlier run in the same work dir wrote them, and
-    ``max_keep_ckpts`` only removes a run's own files). Without
+    names, as fall-backs when it cannot be read: only those of its name
+    pattern (``epoch_`` or ``iter_``, and ``filename_tmpl``'s prefix)
+    numbered at or below it. Those numbered above it, or of another pattern,
+    are left out: an earlier run in the same work dir wrote them, and
+    ``max_keep_ckpts`` only removes a run's own files. Without
     ``last_checkpoint`` all are ranked by number.
 
     Only the numbered checkpoints of ``CheckpointHook`` (``epoch_N.pth``,
@@ -71,7 +73,7 @@ def _candidates(work_dir: str,
     pretrained or converted model kept in the work dir) say nothing of
     where training stood. Temporary files of
     :func:`~mmsk.utils.io.atomic_output` (hidden) are never candidates."""
-    ranked: List[Tuple[int, int, str]] = []
+    ranked: List[Tuple[int, int, str, str]] = []
     names = sorted(os.listdir(work_dir)) if osp.isdir(work_dir) else []
     paths = [osp.join(work_dir, n) for n in names
              if n.endswith('.pth') and not n.startswith('.')]
@@ -87,18 +89,24 @@ def _candidates(work_dir: str,
                 'best_')):
             continue
         number = int(match.group(2)) if match else -1
-        ranked.append((is_named, number, path))
-    ranked.sort(reverse=True)
+        # the name pattern: CheckpointHook's filename_tmpl and by_epoch
+        pattern = osp.basename(path)[:match.start()] + match.group(1) \
+            if match else ''
+        ranked.append((is_named, number, pattern, path))
+    ranked.sort(key=lambda r: r[:2], reverse=True)
     if not ranked or not ranked[0][0] or ranked[0][1] < 0:
         # no last_checkpoint, or an unnumbered one: the rest by number
-        return [p for *_, p in ranked], []
-    ceiling = ranked[0][1]
-    return ([p for _, n, p in ranked if n <= ceiling],
-            [p for _, n, p in ranked if n > ceiling])
+        return [r[-1] for r in ranked], []
+    _, ceiling, pattern, _ = ranked[0]
+    ours = [r for r in ranked if r[1] <= ceiling and r[2] == pattern]
+    return ([r[-1] for r in ours],
+            [r[-1] for r in ranked if r not in ours])
 
 
 def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
-    """The newest checkpoint in ``work_dir`` that reads back whole.
+    """The checkpoint of ``work_dir`` to resume from: the one
+    ``last_checkpoint`` names when it reads back whole, else the newest
+    fall-back that does (:func:`_candidates`).
 
     Returns ``None`` when the work dir holds no checkpoint (a fresh run).
 
@@ -123,8 +131,9 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
         print_log(
             f'Not resuming from {", ".join(others)}: numbered past '
             f'{candidates[0]}, which last_checkpoint names as the newest '
-            f'checkpoint of the run that stopped (an earlier run in this '
-            f'work dir left them)', logger='current', level=30)
+            f'checkpoint of the run that stopped, or named by another '
+            f'pattern (an earlier run in this work dir left them)',
+            logger='current', level=30)
     if not candidates:
         best = [n for n in (os.listdir(work_dir) if osp.isdir(work_dir)
                             else []) if n.startswith('best_')]
