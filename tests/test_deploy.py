@@ -399,7 +399,14 @@ def test_reparameterize_refuses_to_write_over_its_input(tmp_path, capsys):
     assert reparameterize_main([str(tmp_path / 'broken.py'), str(ckpt),
                                 str(out)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith('error: ') and 'Traceback' not in err, err
+    assert err.startswith(f"error: config {tmp_path / 'broken.py'} is not "
+                          'valid Python') and 'Traceback' not in err, err
+    # in a _base_ file: the config is named, and where to look
+    (tmp_path / 'top.py').write_text("_base_ = ['broken.py']\n")
+    assert reparameterize_main([str(tmp_path / 'top.py'), str(ckpt),
+                                str(out)]) == 1
+    assert 'top.py or one of its _base_ files is not valid Python' in \
+        capsys.readouterr().err
     assert not (tmp_path / 'new').exists()
 
 

@@ -145,7 +145,9 @@ def test_train_and_test_tools_report_bad_input_in_one_line(tmp_path):
          f"error: CorruptCheckpointError: Cannot read checkpoint '{ckpt}'"),
         # a config that is not Python
         ([f'{ROOT}/tools/train.py', str(given / 'broken.py'), '--work-dir',
-          str(tmp_path / 'wd')], 'error: SyntaxError: '),
+          str(tmp_path / 'wd')],
+         f"error: SyntaxError: config {given / 'broken.py'} is not valid "
+         "Python: "),
         # output paths, checked before any work: --out over an input (it
         # replaced the checkpoint with the results), a folder, a suffix
         # that the tool cannot write; a --work-dir that is a file

@@ -82,7 +82,7 @@ def check_output_path(path: PathLike,
                 f'cannot write {path!r}: folder {parent!r} does not exist')
         if not create:
             existing = parent
-            while not osp.exists(existing):
+            while not osp.lexists(existing):
                 existing = osp.dirname(existing)
             if not osp.isdir(existing):
                 raise OutputPathError(
@@ -140,15 +140,23 @@ def atomic_output(path: PathLike,
     os.close(fd)
     try:
         yield tmp
-        with open(tmp, 'rb+') as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
+        commit_file(tmp, path, mode=_default_mode())
     except BaseException:
         if osp.exists(tmp):
             os.remove(tmp)
         raise
-    _fsync_dir(folder)
+
+
+def commit_file(tmp: str, path: str, mode: Optional[int] = None):
+    """Flush the complete file ``tmp`` to disk and rename it onto ``path``
+    (in the same folder), then flush the folder: ``path`` is either the old
+    file or the whole new one, also after a crash."""
+    with open(tmp, 'rb+') as f:
+        os.fsync(f.fileno())
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    _fsync_dir(osp.dirname(osp.abspath(path)))
 
 
 def atomic_save(obj,
@@ -188,5 +196,21 @@ def read_config(path: PathLike):
     try:
         return Config.fromfile(path)
     except SyntaxError as e:
-        raise ValueError(f'config {path} is not valid Python: {e.msg} '
-                         f'(line {e.lineno})') from None
+        raise config_syntax_error(path, e) from None
+
+
+def config_syntax_error(path: str, error: SyntaxError) -> ValueError:
+    """What is wrong with the config ``path`` that mmengine could not parse
+    (its ``SyntaxError`` names no file): the file itself, or one of its
+    ``_base_`` files."""
+    import ast
+    try:
+        with open(path, encoding='utf-8') as f:
+            ast.parse(f.read(), path)
+    except SyntaxError as own:
+        return ValueError(f'config {path} is not valid Python: {own.msg} '
+                          f'(line {own.lineno})')
+    except (OSError, ValueError):
+        pass
+    return ValueError(f'config {path} or one of its _base_ files is not '
+                      f'valid Python: {error.msg} (line {error.lineno})')

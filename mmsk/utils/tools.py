@@ -83,7 +83,7 @@ def _atomic_out(argv: List[str]):
     ``finish(ok)`` renames the temporary file onto ``--out`` when the run
     succeeded and wrote it (in a distributed run only rank 0 writes
     predictions), else removes it."""
-    from mmsk.utils.io import _fsync_dir, check_output_path
+    from mmsk.utils.io import check_output_path, commit_file
     index, out = _option(argv, '--out')
     if index is None:
         return argv, lambda ok: None
@@ -93,7 +93,7 @@ def _atomic_out(argv: List[str]):
     _, item = _option(argv, '--out-item')
     item = item or 'pred'
     suffixes = _OUT_SUFFIXES.get(item)
-    if suffixes and not out.lower().endswith(suffixes):
+    if suffixes and not out.endswith(suffixes):  # as mmengine reads them
         raise ValueError(
             f'--out {out!r}: --out-item {item} writes '
             + ('a pickle (.pkl, .pickle; predictions are the default)'
@@ -111,13 +111,15 @@ def _atomic_out(argv: List[str]):
 
     def finish(ok: bool):
         if ok and osp.isfile(tmp) and osp.getsize(tmp) > 0:
-            os.replace(tmp, out)
-            _fsync_dir(folder)
+            commit_file(tmp, out)
             return
         if osp.exists(tmp):
             os.remove(tmp)
-        if made and not os.listdir(folder):
-            os.rmdir(folder)
+        if made:
+            try:  # another rank may have written there, or removed it
+                os.rmdir(folder)
+            except OSError:
+                pass
 
     return argv, finish
 
@@ -147,6 +149,16 @@ def run_mmpretrain_tool(name: str):
     try:
         runpy.run_path(path, run_name='__main__')
         ok = True
+    except SystemExit as e:
+        ok = e.code in (None, 0)
+        raise
+    except SyntaxError as e:  # the config (mmengine's names no file)
+        from mmsk.utils.io import config_syntax_error
+        given = [a for a in argv if not a.startswith('-')]
+        error = config_syntax_error(given[0], e) if given and osp.isfile(
+            given[0]) else e
+        print(f'error: SyntaxError: {error}', file=sys.stderr)
+        sys.exit(1)
     except input_errors() as e:
         print(f'error: {type(e).__name__}: {e}', file=sys.stderr)
         sys.exit(1)
