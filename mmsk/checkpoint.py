@@ -42,6 +42,10 @@ class _StaticMethodsOf:
         self.load_class = load_class
         self.names = frozenset(names)
 
+    def __repr__(self):
+        cls = self.load_class()
+        return f'{cls.__module__}.{cls.__qualname__} (static methods only)'
+
     def __call__(self, *args, **kwargs):
         cls = self.load_class()
         raise pickle.UnpicklingError(

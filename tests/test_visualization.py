@@ -501,7 +501,8 @@ def test_cli_checks_device_scales_and_leaves_no_out_behind(tmp_path, capsys):
             'model.head.in_channels=64']
     for scales, want in [
             (['1', '1e6'], 'scale 1e+06 crops 1x1 pixels of a 28x28 image: '
-             'too few to enlarge (at most 14 there)'),
+             'too few to enlarge (2x2 at least; scales below 18.67 there)'),
+            (['1', '18.7'], 'scale 18.7 crops 1x1 pixels'),
             (['1', '1.01'], 'scales 1 and 1.01 crop the same 28x28 pixels of '
              'a 28x28 image')]:
         assert sk_attention_main([
@@ -509,8 +510,11 @@ def test_cli_checks_device_scales_and_leaves_no_out_behind(tmp_path, capsys):
             '--out', str(out), '--scales', *scales, '--cfg-options',
             *tiny]) == 1
         assert want in capsys.readouterr().err
-        # --unit 99 and --batch-size 0 fail in the analysis: nothing left
         assert not out.exists()
+    # 18 still crops 2x2 pixels of 28 (round(28 / 18) == 2)
+    from mmsk.visualization.inputs import check_crops
+    check_crops([1.0, 18.0], [(28, 28)])
+    # --unit 99 fails in the analysis: nothing left
     assert sk_attention_main([
         config, 'none', '--dataset', 'built-in', '--max-images', '2', '--out',
         str(out), '--unit', '99', '--cfg-options', *tiny]) == 1

@@ -36,7 +36,7 @@ fi
 source "$ROOT/tools/_python.sh"
 cd "$ROOT"
 if [[ ! -f "$CONFIG" ]]; then
-    echo "error: no such config: $1" >&2
+    echo "error: no such config: ${1:-$CONFIG}" >&2
     exit 1
 fi
 

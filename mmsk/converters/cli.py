@@ -10,6 +10,7 @@ import sys
 from typing import Callable, Iterable, Optional, Sequence
 
 from mmsk.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
+from mmsk.utils import error_message
 
 #: What a converter raises for bad input (never a traceback for these).
 INPUT_ERRORS = (KeyError, ValueError, FileNotFoundError, UnsafeCheckpointError,
@@ -45,11 +46,3 @@ def converter_main(doc: str,
         return 1
     return 0
 
-
-def error_message(error: BaseException) -> str:
-    """The text of ``error`` for an ``error:`` line (a ``KeyError``'s
-    message without the quotes its ``str`` adds)."""
-    if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(
-            error.args[0], str):
-        return error.args[0]
-    return str(error)

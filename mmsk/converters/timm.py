@@ -275,8 +275,9 @@ def read_state_dict(src: str, classifier: str) -> dict:
         raise ValueError(f'{src} holds no state dict')
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f'{src}: {key!r} is a {type(value).__name__}, '
-                             f'not a tensor: not a state dict of weights')
+            raise ValueError(f'{src}: {key!r} holds a value of type '
+                             f'{type(value).__name__}, not a tensor: not a '
+                             f'state dict of weights')
     head = state_dict.get(classifier)
     if head is not None and head.dim() != 2:
         raise ValueError(f'{src}: {classifier} has shape '

@@ -17,13 +17,13 @@ from typing import Optional, Sequence
 
 from mmengine.config import DictAction
 
-from mmsk.converters.cli import INPUT_ERRORS, error_message
+from mmsk.converters.cli import INPUT_ERRORS
 from mmsk.engine.loading import CheckpointMismatchError
-from mmsk.utils import check_positive_number
+from mmsk.utils import check_positive_number, error_message
 from mmsk.utils.io import atomic_save, check_output_path, read_config
 
-from .onnx import (DEFAULT_OPSETS, TOLERANCE, _check_shape, build_classifier,
-                   check_inputs, check_opset, export_onnx,
+from .onnx import (DEFAULT_OPSETS, TOLERANCE, build_classifier, check_inputs,
+                   check_opset, check_shape, export_onnx,
                    load_checkpoint_strict, verify_onnx)
 
 #: What the tools turn into ``error: ...`` and exit code 1 (SyntaxError: a
@@ -66,7 +66,7 @@ def pytorch2onnx(config,
     # folder behind when the work fails)
     out = check_output_path(out, inputs, create=False)
     check_opset(exporter, opset)
-    _check_shape(shape)
+    check_shape(shape)
     if cfg_options:
         config.merge_from_dict(cfg_options)
     model = build_classifier(config, checkpoint, deploy=deploy)

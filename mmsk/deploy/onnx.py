@@ -133,7 +133,8 @@ def _in_channels(model: nn.Module) -> int:
     return channels
 
 
-def _check_shape(shape) -> Tuple[int, int]:
+def check_shape(shape) -> Tuple[int, int]:
+    """``(height, width)`` of an input, two positive ints."""
     if not isinstance(shape, (list, tuple)) or len(shape) != 2:
         raise ValueError(f'shape must be (height, width), got {shape!r}')
     return tuple(check_positive_int(f'shape[{i}]', s)
@@ -170,7 +171,7 @@ def export_onnx(model: nn.Module,
         str: ``out``.
     """
     check_choice('exporter', exporter, tuple(DEFAULT_OPSETS))
-    height, width = _check_shape(shape)
+    height, width = check_shape(shape)
     check_positive_int('batch', batch)
     opset = check_opset(exporter, opset)
     module = ExportModule(model, features).eval()
@@ -279,7 +280,7 @@ def check_inputs(model: nn.Module,
     """Named inputs to compare ONNX and PyTorch on: random ones at the traced
     size (and, for a dynamic file, at another batch and size) and real
     digits (:func:`real_inputs`)."""
-    height, width = _check_shape(shape)
+    height, width = check_shape(shape)
     channels = _in_channels(model)
     gen = torch.Generator().manual_seed(seed)
     inputs = {

@@ -592,3 +592,12 @@ def accepted_kwargs(cls: type) -> set:
             break
     names.discard('self')
     return names
+
+
+def error_message(error: BaseException) -> str:
+    """The text of ``error`` for an ``error:`` line (a ``KeyError``'s
+    message without the quotes its ``str`` adds)."""
+    if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(
+            error.args[0], str):
+        return error.args[0]
+    return str(error)

@@ -7,7 +7,7 @@ import sys
 from typing import Optional, Sequence
 
 from mmsk.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
-from mmsk.converters.cli import error_message
+from mmsk.utils import error_message
 from mmsk.engine.loading import CheckpointMismatchError
 
 # ValueError includes mmsk.utils.io.OutputPathError (an --out that is a file)

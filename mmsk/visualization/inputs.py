@@ -209,8 +209,8 @@ def check_crops(scales: Sequence[float], shapes) -> None:
             if min(crop) < 2:
                 raise ValueError(
                     f'scale {scale:g} crops {crop[0]}x{crop[1]} pixels of a '
-                    f'{h}x{w} image: too few to enlarge (at most '
-                    f'{min(h, w) / 2:g} there)')
+                    f'{h}x{w} image: too few to enlarge (2x2 at least; '
+                    f'scales below {min(h, w) / 1.5:.4g} there)')
             if crop in crops:
                 raise ValueError(
                     f'scales {crops[crop]:g} and {scale:g} crop the same '

@@ -171,7 +171,12 @@ def checkpoint_module(module: torch.nn.Module, function: Callable, *args):
 
     @contextmanager
     def recompute_context():  # entered when the backward recomputes
-        with fast_path_set_to(fast), _running_stats_frozen(module):
+        # the switch is global: flip it only when the backward runs in the
+        # other mode, so that concurrent recomputations in the forward's
+        # mode never touch it
+        switch = fast_path_set_to(fast) if fast != fast_path_enabled() \
+            else nullcontext()
+        with switch, _running_stats_frozen(module):
             yield
 
     return checkpoint(
