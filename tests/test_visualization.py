@@ -521,6 +521,26 @@ def test_cli_checks_device_scales_and_leaves_no_out_behind(tmp_path, capsys):
     assert 'unit' in capsys.readouterr().err and not out.exists()
 
 
+def test_images_of_another_channel_count_are_refused():
+    """Without a normalisation to go by, the backbone's in_channels says:
+    an RGB image for a 1-channel model failed in the backbone, which named
+    the number of scales as the batch."""
+    import numpy as np
+
+    from mmsk.registry import MODELS
+    from mmsk.visualization.inputs import to_input
+    model = MODELS.build(dict(type='SKNet', depth=18, in_channels=1,
+                              stem_channels=8, base_channels=8))
+    with pytest.raises(ValueError, match='expects 1-channel images, got 3'):
+        to_input(model, [np.zeros((28, 28, 3), np.uint8)])
+    assert to_input(model, [np.zeros((28, 28), np.uint8)]).shape == \
+        (1, 1, 28, 28)
+    rgb = MODELS.build(dict(type='SKNet', depth=18, stem_channels=8,
+                            base_channels=8))
+    assert to_input(rgb, [np.zeros((28, 28), np.uint8)]).shape == \
+        (1, 3, 28, 28)
+
+
 def test_module_cli_runs_the_tool_it_names(tmp_path, capsys):
     """``python -m mmsk.visualization.cli`` did nothing and exited 0: it
     now runs the tool named first and refuses anything else."""

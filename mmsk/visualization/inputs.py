@@ -243,11 +243,16 @@ def to_input(model: torch.nn.Module, images: Sequence[np.ndarray],
              device: str = 'cpu') -> torch.Tensor:
     """A batch of images as the model's data preprocessor prepares it
     (normalisation, channel order, padding); grey images are repeated to
-    three channels when the model normalises three."""
+    three channels when the model takes three (by its normalisation, else
+    its backbone's ``in_channels``), and images of another number of
+    channels are refused."""
     tensors = []
     preprocessor = getattr(model, 'data_preprocessor', None)
     mean = getattr(preprocessor, 'mean', None)
     channels = mean.numel() if isinstance(mean, torch.Tensor) else None
+    if channels is None:  # no normalisation: the backbone says
+        given = getattr(backbone_of(model), 'in_channels', None)
+        channels = given if isinstance(given, int) else None
     for img in images:
         img = img[..., None] if img.ndim == 2 else img
         if channels == 3 and img.shape[-1] == 1:
