@@ -45,4 +45,3 @@ def converter_main(doc: str,
         print(f'error: {error_message(e)}', file=sys.stderr)
         return 1
     return 0
-

@@ -26,10 +26,9 @@ from .onnx import (DEFAULT_OPSETS, TOLERANCE, build_classifier, check_inputs,
                    check_opset, check_shape, export_onnx,
                    load_checkpoint_strict, verify_onnx)
 
-#: What the tools turn into ``error: ...`` and exit code 1 (SyntaxError: a
-#: config file that is not Python).
-TOOL_ERRORS = INPUT_ERRORS + (TypeError, CheckpointMismatchError,
-                              SyntaxError)
+#: What the tools turn into ``error: ...`` and exit code 1 (a config that is
+#: not Python is a ValueError of :func:`mmsk.utils.io.read_config`).
+TOOL_ERRORS = INPUT_ERRORS + (TypeError, CheckpointMismatchError)
 
 
 def pytorch2onnx(config,

@@ -98,9 +98,11 @@ def _candidates(work_dir: str,
         # no last_checkpoint, or an unnumbered one: the rest by number
         return [r[-1] for r in ranked], []
     _, ceiling, pattern, _ = ranked[0]
-    ours = [r for r in ranked if r[1] <= ceiling and r[2] == pattern]
-    return ([r[-1] for r in ours],
-            [r[-1] for r in ranked if r not in ours])
+    ours, others = [], []
+    for _, number, kind, path in ranked:
+        (ours if number <= ceiling and kind == pattern else others).append(
+            path)
+    return ours, others
 
 
 def find_resumable_checkpoint(work_dir: str) -> Optional[str]:

@@ -18,7 +18,6 @@ __all__ = [
     'check_options', 'check_out_indices', 'check_positive_int',
     'check_positive_number', 'check_sequence', 'check_sync_bn',
     'check_unit_interval', 'check_unknown_keys', 'error_message',
-    'forward_batch_checked',
-    'instance_of', 'int_in', 'number_in', 'one_of', 'optional',
-    'out_indices_in', 'registered_class', 'seq_of'
+    'forward_batch_checked', 'instance_of', 'int_in', 'number_in', 'one_of',
+    'optional', 'out_indices_in', 'registered_class', 'seq_of'
 ]

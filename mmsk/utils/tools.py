@@ -176,4 +176,4 @@ def input_errors() -> tuple:
     from mmsk.models.backbones.pretrained import PretrainedMismatchError
     return (FileNotFoundError, CorruptCheckpointError, UnsafeCheckpointError,
             UnsafeConfigError, CheckpointMismatchError,
-            PretrainedMismatchError, SyntaxError)
+            PretrainedMismatchError)

@@ -7,8 +7,8 @@ import sys
 from typing import Optional, Sequence
 
 from mmsk.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
-from mmsk.utils import error_message
 from mmsk.engine.loading import CheckpointMismatchError
+from mmsk.utils import error_message
 
 # ValueError includes mmsk.utils.io.OutputPathError (an --out that is a file)
 INPUT_ERRORS = (KeyError, ValueError, FileNotFoundError, UnsafeCheckpointError,
