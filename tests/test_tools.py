@@ -114,10 +114,14 @@ def test_dist_scripts_two_processes_on_cpu(tmp_path):
     saved = load_local_checkpoint(str(work_dir / 'epoch_1.pth'))
     assert all(
         torch.equal(saved['state_dict'][k], v) for k, v in ranks[0].items())
+    # --out: the predictions of both ranks' images, written once (by rank
+    # 0) through a temporary file that no rank leaves behind
+    preds = tmp_path / 'out' / 'preds.pkl'
     test = subprocess.run([
         'bash', f'{ROOT}/tools/dist_test.sh', MAIN_CONFIG,
         str(work_dir / 'epoch_1.pth'), '2', '--work-dir',
-        str(tmp_path / 'test'), '--cfg-options', *TINY_OPTIONS,
+        str(tmp_path / 'test'), '--out', str(preds),
+        '--cfg-options', *TINY_OPTIONS,
         'test_dataloader.dataset.indices=64', 'test_dataloader.num_workers=0',
         'test_dataloader.persistent_workers=False'
     ],
@@ -127,6 +131,12 @@ def test_dist_scripts_two_processes_on_cpu(tmp_path):
                           timeout=600)
     assert test.returncode == 0, test.stderr[-3000:]
     assert re.search(r'accuracy/top1: \d', test.stdout + test.stderr)
+    assert [p.name for p in preds.parent.iterdir()] == ['preds.pkl']
+    import pickle
+    with open(preds, 'rb') as f:
+        samples = pickle.load(f)
+    assert len(samples) == 64
+    assert sorted(int(s['sample_idx']) for s in samples) == list(range(64))
 
 
 def test_train_and_test_tools_report_bad_input_in_one_line(tmp_path):
