@@ -46,7 +46,8 @@ Peak memory
     Measured in a fresh interpreter per comparison (nothing else resident),
     one model at a time, in the layout that is reported: after a warm-up
     step, the memory the next step needs on top of what was allocated just
-    before it, plus the bytes of the model's parameters, buffers and
+    before it (in training that includes the gradients, which the step
+    makes), plus the bytes of the model's parameters, buffers and
     optimizer state and of the input batch. On CUDA the step's part is
     ``torch.cuda.max_memory_allocated()`` (peak statistics reset before the
     step) minus ``torch.cuda.memory_allocated()`` before it. On the CPU it is
@@ -393,6 +394,18 @@ class Options:
                              f'{self.modes!r}')
         for mode in self.modes:
             check_choice('modes', mode, MODES)
+        for option, values in (('models', self.comparisons),
+                               ('size', self.sizes), ('modes', self.modes)):
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            if twice:
+                raise ValueError(f'{option} lists {", ".join(twice)} more '
+                                 f'than once')
+        if self.batch == 1 and 'train' in self.modes:
+            raise ValueError(
+                'batch 1 cannot train: BatchNorm in train mode needs more '
+                'than one value per channel, and the SK attention (and a '
+                'last 1x1 map) normalises one value per image; use batch 2 '
+                'or more, or the infer mode alone')
         check_choice('layout', self.layout, LAYOUT_CHOICES)
         if self.peer_layout is not None:
             check_choice('peer_layout', self.peer_layout, LAYOUT_CHOICES)
@@ -411,6 +424,9 @@ class Options:
         if self.with_cp and 'train' not in self.modes:
             raise ValueError('with_cp compares training memory: add the '
                              'train mode')
+        if self.deploy and 'infer' not in self.modes:
+            raise ValueError('deploy times the deploy form in inference: '
+                             'add the infer mode')
         return self
 
 
@@ -660,6 +676,10 @@ def measure_memory(jobs: List[dict], opts: Options) -> List[int]:
         step = make_step(model, job['mode'], x, y, opts, optimizer)
         for _ in range(max(1, opts.warmup)):
             step()
+        if optimizer is not None:
+            # the step frees the gradients first and makes them anew: taken
+            # before it, they would cancel out of the step's part
+            optimizer.zero_grad(set_to_none=True)
         peak = step_peak_memory(step, opts.device)
         results.append(peak + _state_bytes(model, optimizer, x))
         del model, optimizer, step, x, y
@@ -840,6 +860,8 @@ def run_benchmark(opts: Options, command: str = '',
             rows = _rows(variants, size, opts)
             del variants
             gc.collect()
+            if opts.device == 'cuda':  # the memory process needs the room
+                torch.cuda.empty_cache()
             if opts.compile:
                 torch._dynamo.reset()  # this comparison's compiled code
             if opts.memory:
@@ -1113,6 +1135,13 @@ def check_targets(record: dict,
     return checks
 
 
+def _near(value: float, bound: float) -> str:
+    """``value`` to 2 decimals, or to 3 where 2 would round it onto the
+    goal ``bound`` (say on which side of the goal it is)."""
+    text = f'{value:.2f}'
+    return f'{value:.3f}' if text == f'{bound:.2f}' else text
+
+
 def _targets_table(record: dict,
                    targets: Sequence[Target] = TARGETS) -> List[str]:
     checks = check_targets(record, targets)
@@ -1137,14 +1166,12 @@ def _targets_table(record: dict,
             against = 'the faster peer: ' + against
         spread = '-'
         if c['repeats']:
-            low, high = min(c['repeats']), max(c['repeats'])
+            low, high = (_near(r, t.bound) for r in (min(c['repeats']),
+                                                      max(c['repeats'])))
             hits = sum(r >= t.bound for r in c['repeats'])
-            spread = (f'{low:.2f}' if f'{low:.2f}' == f'{high:.2f}' else
-                      f'{low:.2f}-{high:.2f}') + \
+            spread = (low if low == high else f'{low}-{high}') + \
                 f", {hits} of {len(c['repeats'])}"
-        ratio = f"{c['ratio']:.2f}"
-        if ratio == f'{t.bound:.2f}':  # say on which side of the goal
-            ratio = f"{c['ratio']:.3f}"
+        ratio = _near(c['ratio'], t.bound)
         lines.append(
             f"| {c['size']} | {t.goal} | {_label(m)} ({m['layout']}) | "
             f"{against} | {ratio} | {spread} | "
@@ -1332,6 +1359,8 @@ def report_record(path: str, out_dir: Optional[str] = None,
         raise ValueError(
             f'report: {path} is not a benchmark record that this version '
             f'can read ({type(e).__name__}: {e})') from e
+    if plot and not speed_ratios(record):  # before anything is rewritten
+        raise ValueError(f'plot: {path} has no timed pairs to draw')
     return write_record(
         record, osp.dirname(path) or '.' if out_dir is None else out_dir,
         stem or osp.splitext(osp.basename(path))[0], plot)
@@ -1523,10 +1552,17 @@ def profile_model(spec: dict, size: int, opts: Options, mode: str = 'train',
     paper's stack / weighted sum), i.e. mmsk before its fast paths;
     ``by_shape=True`` gives one row per operator and input shapes (which
     conv, which BatchNorm); ``by_conv=True`` adds :func:`conv_table`, the
-    convolutions by kind with the GFLOP/s each kind reaches."""
+    convolutions by kind with the GFLOP/s each kind reaches. The steps
+    follow ``opts.warmup`` untimed ones (at least one)."""
     from mmsk.models.layers import reference_forward
     check_choice('mode', mode, MODES)
     check_choice('layout', layout, LAYOUTS)
+    if opts.device != 'cpu':
+        raise ValueError(
+            'profile times the CPU operators (torch.profiler, CPU '
+            'activity): on a GPU they show kernel launches, not the '
+            "kernels' time; profile on the CPU, or use torch.profiler "
+            'with ProfilerActivity.CUDA directly')
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
     model = _prepare(build_model(spec), layout, opts, compiled=opts.compile)
@@ -1534,7 +1570,8 @@ def profile_model(spec: dict, size: int, opts: Options, mode: str = 'train',
     step = make_step(model, mode, x, y, opts, _optimizer(model))
     context = reference_forward() if reference else contextlib.nullcontext()
     with context:
-        step()  # warm-up
+        for _ in range(max(1, opts.warmup)):
+            step()
         with torch.profiler.profile(
                 activities=[torch.profiler.ProfilerActivity.CPU],
                 record_shapes=by_shape or by_conv) as prof:

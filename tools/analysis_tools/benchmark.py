@@ -117,6 +117,10 @@ def parse_args(argv=None):
 
 #: the options that go with --report
 REPORT_OPTIONS = ('report', 'out_dir', 'name', 'plot')
+#: what --profile uses (the first --size and --modes only)
+PROFILE_OPTIONS = ('profile', 'size', 'batch', 'modes', 'layout', 'amp',
+                   'compile', 'device', 'threads', 'warmup', 'reference',
+                   'by_shape', 'by_conv', 'steps', 'rows')
 
 
 def _given_options(argv: list) -> dict:
@@ -197,9 +201,19 @@ def main(argv=None):
             raise ValueError('--steps goes with --profile (the timing runs '
                              'take --repeats and --iters)')
         check_positive_int('steps', 3 if args.steps is None else args.steps)
-        if (args.resume or args.plot) and args.profile:
-            raise ValueError('--resume and --plot go with a timing run; '
-                             '--profile writes no record')
+        if args.profile:
+            given = _given_options(argv)
+            extra = [flag for dest, flag in given.items()
+                     if dest not in PROFILE_OPTIONS]
+            if extra:
+                raise ValueError(
+                    '--profile profiles one model and writes no record; it '
+                    'takes none of ' + ', '.join(extra))
+            for dest, values in (('size', opts.sizes),
+                                 ('modes', opts.modes)):
+                if dest in given and len(values) > 1:
+                    raise ValueError(f'--profile takes one {given[dest]} '
+                                     f'value, got {len(values)}')
         check_positive_int('rows', args.rows)
         if args.profile:
             models = opts.all_models()
@@ -220,6 +234,8 @@ def main(argv=None):
         out_dir, stem = args.out_dir or 'benchmarks', args.name
         if args.resume:
             previous = load_record(args.resume)
+            # until a comparison is added, what is kept is that record
+            saved[:] = [osp.splitext(args.resume)[0] + '.md', args.resume]
             stem = stem or osp.splitext(osp.basename(args.resume))[0]
             out_dir = args.out_dir or osp.dirname(args.resume) or '.'
         stem = stem or default_stem(opts)
