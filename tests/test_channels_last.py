@@ -175,3 +175,133 @@ def test_downstream_model_trains_a_step_in_channels_last(name):
     hook.after_run(None)
     data = model.data_preprocessor(copy.deepcopy(batch), True)
     assert is_nchw(data['inputs'])  # the hook left nothing behind
+
+
+class StateProbe(Hook):
+    """The layouts of the optimizer's state and of EMAHook's copy of the
+    model, as the first training step after (re)starting left them."""
+
+    def __init__(self):
+        self.state = self.ema = None
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None):
+        if self.state is not None:
+            return
+        optimizer = runner.optim_wrapper.optimizer
+        self.state = [
+            (layout(p), layout(optimizer.state[p]['momentum_buffer']))
+            for p in conv_weights(runner.model)]
+        for hook in runner.hooks:
+            if hasattr(hook, 'ema_model'):
+                self.ema = [layout(p) for p in conv_weights(hook.ema_model)]
+
+
+def layout(t):
+    """'nhwc' or 'nchw' where the two differ, else 'either' (1x1 kernels,
+    one input channel)."""
+    return 'nhwc' if is_cl(t) and not t.is_contiguous() else \
+        'nchw' if is_nchw(t) else 'either'
+
+
+
+def run_tiny(work_dir, hook, epochs=1, probe=None, extra=(), **options):
+    from mmengine.runner import Runner
+    cfg = tiny_config(MAIN_CONFIG, work_dir)
+    cfg.train_cfg.max_epochs = epochs
+    cfg.custom_hooks = [dict(type='ExactResumeHook'), *extra] + (
+        [dict(type='mmsk.ChannelsLastHook')] if hook else [])
+    cfg.merge_from_dict(options)
+    runner = Runner.from_cfg(cfg)
+    if probe is not None:
+        runner.register_hook(probe)
+    runner.train()
+    return runner
+
+
+def test_resumed_optimizer_state_takes_the_weights_layout(tmp_path):
+    """A plain checkpoint resumed with the hook left the momentum NCHW next
+    to channels_last weights (and a hook checkpoint resumed without it the
+    reverse): the fused SGD then read the momentum in the wrong order, and
+    the resumed epoch went 76% of its update off course, without an
+    error."""
+    from mmsk.checkpoint import load_local_checkpoint
+    fused = {'optim_wrapper.optimizer.fused': True}
+    run_tiny(tmp_path / 'base', hook=False, **fused)
+    start = str(tmp_path / 'base' / 'epoch_1.pth')
+    ends = {}
+    for hook in (False, True):
+        probe = StateProbe()
+        run_tiny(tmp_path / str(hook), hook, epochs=2, probe=probe,
+                 resume=True, load_from=start, **fused)
+        # each momentum buffer in its weight's layout
+        assert probe.state and all(w == m for w, m in probe.state)
+        assert {w for w, _ in probe.state} == {
+            'nhwc' if hook else 'nchw', 'either'}
+        saved = load_local_checkpoint(
+            str(tmp_path / str(hook) / 'epoch_2.pth'))
+        momenta = [s['momentum_buffer']
+                   for s in saved['optimizer']['state'].values()]
+        assert any(m.dim() == 4 for m in momenta)
+        assert all(m.is_contiguous() for m in momenta)  # saved NCHW
+        ends[hook] = saved['state_dict']
+    before = load_local_checkpoint(start)['state_dict']
+    for key, value in ends[True].items():
+        if value.dim() == 4:
+            update = (ends[False][key] - before[key]).norm()
+            off = (value - ends[False][key]).norm()
+            assert off <= 0.01 * update, (key, off / update)
+
+
+def test_ema_copy_runs_in_channels_last_to_the_same_average(tmp_path):
+    """EMAHook copies the model before the hook converts it: the average
+    was updated across layouts. With ``update_buffers=True`` the averaged
+    tensors are views of the copy's storage, which the conversion
+    replaces, so they are taken again (else the saved average would be the
+    first weights)."""
+    from mmsk.checkpoint import load_local_checkpoint
+    ema = dict(type='EMAHook', momentum=0.1, update_buffers=True,
+               priority='ABOVE_NORMAL')
+    averages = {}
+    for hook in (False, True):
+        probe = StateProbe()
+        run_tiny(tmp_path / str(hook), hook, probe=probe, extra=[ema])
+        assert set(probe.ema) == {'nhwc' if hook else 'nchw', 'either'}
+        saved = load_local_checkpoint(
+            str(tmp_path / str(hook) / 'epoch_1.pth'))
+        assert all(v.is_contiguous()
+                   for v in saved['ema_state_dict'].values())
+        averages[hook] = saved['ema_state_dict']
+    assert averages[True].keys() == averages[False].keys()
+    for key, value in averages[False].items():
+        torch.testing.assert_close(averages[True][key], value, rtol=1e-4,
+                                   atol=1e-4, msg=key)
+
+
+def test_batches_of_a_test_time_augmentation_model_are_channels_last():
+    """mmpretrain's TTA wrapper runs its model's data preprocessor, not its
+    own: the batches stayed NCHW while the log said channels_last."""
+    from mmengine.registry import HOOKS
+    from mmpretrain.models import AverageClsScoreTTA
+    from mmpretrain.registry import MODELS
+    from mmpretrain.structures import DataSample
+    init_default_scope('mmpretrain')
+    model = AverageClsScoreTTA(module=MODELS.build(dict(
+        type='ImageClassifier',
+        backbone=dict(type='mmsk.SKNet', depth=18, stem_channels=8,
+                      base_channels=8),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=10, in_channels=64),
+        data_preprocessor=dict(type='ClsDataPreprocessor',
+                               mean=[0, 0, 0], std=[1, 1, 1])))).eval()
+    hook = HOOKS.build(dict(type='mmsk.ChannelsLastHook'))
+    hook.before_test(SimpleNamespace(model=model))
+    seen = []  # the batches as the model's preprocessor hands them on
+    model.module.data_preprocessor.register_forward_hook(
+        lambda module, args, out: seen.append(layout(out['inputs'])))
+    image = torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        model.test_step(dict(inputs=[[image], [image.flip(-1)]],
+                             data_samples=[[DataSample()], [DataSample()]]))
+    assert seen == ['nhwc', 'nhwc']
+    hook.after_run(None)

@@ -1,6 +1,4 @@
 """MMEngine hooks of mmsk."""
-from typing import Optional
-
 import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
@@ -15,6 +13,47 @@ def _to_channels_last(inputs):
     if isinstance(inputs, (list, tuple)):
         return type(inputs)(_to_channels_last(x) for x in inputs)
     return inputs
+
+
+def _nchw(obj):
+    """A copy of a (nested) state dict with its 4-D tensors contiguous
+    (NCHW); the dicts and lists are new, so the live state is not
+    touched."""
+    if isinstance(obj, torch.Tensor):
+        return obj.contiguous() if obj.dim() == 4 else obj
+    if isinstance(obj, dict):
+        return {key: _nchw(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_nchw(value) for value in obj)
+    return obj
+
+
+def _optimizers(runner) -> list:
+    """The built optimizers of the runner (none before training is set
+    up)."""
+    from mmengine.optim import OptimWrapper, OptimWrapperDict
+    wrapper = getattr(runner, 'optim_wrapper', None)
+    if isinstance(wrapper, OptimWrapperDict):
+        return [w.optimizer for w in wrapper.values()]
+    if isinstance(wrapper, OptimWrapper):
+        return [wrapper.optimizer]
+    return []
+
+
+def _state_like_params(optimizer):
+    """Give every per-parameter state tensor of the parameter's shape
+    (momentum, Adam's averages) the parameter's memory layout. A resumed
+    NCHW state next to channels_last weights is silently misread by the
+    fused CPU optimizers (``fused=True``), which walk raw memory, and slows
+    the others."""
+    for param, state in optimizer.state.items():
+        for key, value in list(state.items()):
+            if isinstance(value, torch.Tensor) and \
+                    value.shape == param.shape and \
+                    value.stride() != param.stride():
+                like = torch.empty_like(param, dtype=value.dtype,
+                                        device=value.device)
+                state[key] = like.copy_(value)
 
 
 def _batch_to_channels_last(module, args, output):
@@ -40,9 +79,13 @@ class ChannelsLastHook(Hook):
     The model is converted in ``before_train`` (after the weights are
     initialised or loaded: random initialisation is the same as without the
     hook) and in ``before_val`` / ``before_test``. Checkpoints are saved with
-    contiguous (NCHW) weights, so they load anywhere, with or without the
-    hook. Works for mmpretrain, mmdet and mmseg models (anything with a
-    ``data_preprocessor`` whose output holds ``inputs``)::
+    contiguous (NCHW) weights and optimizer state (momentum, Adam's
+    averages), so they load anywhere, with or without the hook; after a
+    resume the optimizer's state is given the weights' layout again.
+    EMAHook's copy of the model and the model inside a test-time
+    augmentation wrapper run in channels_last too. Works for mmpretrain,
+    mmdet and mmseg models (anything with a ``data_preprocessor`` whose
+    output holds ``inputs``)::
 
         custom_hooks = [dict(type='mmsk.ChannelsLastHook')]
 
@@ -57,8 +100,8 @@ class ChannelsLastHook(Hook):
     priority = 'LOWEST'  # save_checkpoint: after EMAHook swapped its weights
 
     def __init__(self):
-        self._handle: Optional[torch.utils.hooks.RemovableHandle] = None
-        self._preprocessor = None
+        self._handles: list = []
+        self._preprocessors: list = []
 
     @staticmethod
     def _model(runner):
@@ -68,24 +111,50 @@ class ChannelsLastHook(Hook):
     def _convert(self, runner):
         model = self._model(runner)
         model.to(memory_format=torch.channels_last)
-        preprocessor = getattr(model, 'data_preprocessor', None)
-        if not isinstance(preprocessor, torch.nn.Module):
+        # a resumed optimizer state, loaded as it was saved (NCHW)
+        for optimizer in _optimizers(runner):
+            _state_like_params(optimizer)
+        for hook in getattr(runner, 'hooks', ()):  # EMAHook's model copy
+            self._convert_average(getattr(hook, 'ema_model', None))
+        preprocessors = [getattr(model, 'data_preprocessor', None)]
+        if not isinstance(preprocessors[0], torch.nn.Module):
             raise TypeError(
                 f'ChannelsLastHook needs a model with a data_preprocessor '
                 f'module; {type(model).__name__} has none')
-        if self._preprocessor is not preprocessor:
+        # a test-time-augmentation wrapper runs its model's preprocessor
+        inner = getattr(model, 'module', None)
+        if isinstance(getattr(inner, 'data_preprocessor', None),
+                      torch.nn.Module):
+            preprocessors.append(inner.data_preprocessor)
+        if [id(p) for p in preprocessors] != \
+                [id(p) for p in self._preprocessors]:
             self._remove()
-            self._handle = preprocessor.register_forward_hook(
-                _batch_to_channels_last)
-            self._preprocessor = preprocessor
+            self._handles = [p.register_forward_hook(_batch_to_channels_last)
+                             for p in preprocessors]
+            self._preprocessors = preprocessors
             print_log(
                 f'ChannelsLastHook: {type(model).__name__} and its batches '
                 'run in channels_last', logger='current')
 
+    @staticmethod
+    def _convert_average(ema):
+        """An mmengine averaged model (EMA): its copy in channels_last, so
+        that each update reads both in one layout. Its list of averaged
+        tensors is taken again: with ``update_buffers=True`` it holds
+        detached views of the old storage, which ``to()`` replaces."""
+        if not isinstance(ema, torch.nn.Module) or not hasattr(
+                ema, 'avg_parameters') or not isinstance(
+                    getattr(ema, 'module', None), torch.nn.Module):
+            return
+        ema.module.to(memory_format=torch.channels_last)
+        ema.avg_parameters = ema.module.state_dict() if getattr(
+            ema, 'update_buffers', False) else dict(
+                ema.module.named_parameters())
+
     def _remove(self):
-        if self._handle is not None:
-            self._handle.remove()
-        self._handle = self._preprocessor = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._preprocessors = [], []
 
     def before_train(self, runner) -> None:
         self._convert(runner)
@@ -106,3 +175,6 @@ class ChannelsLastHook(Hook):
                 for name, value in state.items():
                     if isinstance(value, torch.Tensor):
                         state[name] = value.contiguous()
+        # the optimizer's state dict holds the live state tensors: copied
+        if 'optimizer' in checkpoint:
+            checkpoint['optimizer'] = _nchw(checkpoint['optimizer'])
