@@ -400,12 +400,6 @@ class Options:
             if twice:
                 raise ValueError(f'{option} lists {", ".join(twice)} more '
                                  f'than once')
-        if self.batch == 1 and 'train' in self.modes:
-            raise ValueError(
-                'batch 1 cannot train: BatchNorm in train mode needs more '
-                'than one value per channel, and the SK attention (and a '
-                'last 1x1 map) normalises one value per image; use batch 2 '
-                'or more, or the infer mode alone')
         check_choice('layout', self.layout, LAYOUT_CHOICES)
         if self.peer_layout is not None:
             check_choice('peer_layout', self.peer_layout, LAYOUT_CHOICES)
@@ -510,6 +504,31 @@ def _inputs(opts: Options, size: int, layout: str):
     if layout == 'channels_last':
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
+
+
+def check_one_image_trains(key: str, spec: dict, size: int,
+                           opts: Options) -> None:
+    """With ``batch`` 1, one train-mode forward of ``key`` on one image:
+    a BatchNorm that sees one value per channel (the SK attention's, on
+    pooled features; any on a 1x1 map) cannot train. ``ValueError``
+    naming the model and the options, before anything is timed."""
+    if opts.batch != 1:
+        return
+    model = build_model(spec).to(opts.device).train()
+    x = torch.randn(1, 3, size, size, device=opts.device)
+    try:
+        with _autocast(opts):
+            model(x)
+    except ValueError as e:
+        text = str(e)
+        if 'more than 1 value per channel' not in text and \
+                '2 or more images' not in text:
+            raise
+        raise ValueError(
+            f'batch 1 cannot train {key} at {size}x{size}: one of its '
+            'BatchNorms sees one value per channel per image ('
+            f"{text.split('. ')[0]}); use --batch 2 or more, or --modes "
+            'infer') from e
 
 
 def _layouts(layout: str) -> Tuple[str, ...]:
@@ -843,6 +862,15 @@ def run_benchmark(opts: Options, command: str = '',
             command]
     names = list(opts.comparisons)
     total = len(names) * len(opts.sizes)
+    if opts.batch == 1 and 'train' in opts.modes:
+        # every model that is still to train, before any timing
+        models, table = opts.all_models(), opts.all_comparisons()
+        size = min(opts.sizes)  # the smallest maps: the last one may be 1x1
+        for name in names:
+            if all([s, name] in record['done'] for s in opts.sizes):
+                continue
+            for key in (table[name][0], ) + tuple(table[name][1]):
+                check_one_image_trains(key, models[key], size, opts)
     done = 0
     for size in opts.sizes:
         for name in names:

@@ -22,9 +22,9 @@ import sys
 
 from mmsk.benchmark import (AMP_CHOICES, COMPARISONS, DEVICES,
                             LAYOUT_CHOICES, MODES, Options, ParityError,
-                            default_stem, load_record, profile_model,
-                            record_paths, report_record, run_benchmark,
-                            write_record)
+                            check_one_image_trains, default_stem,
+                            load_record, profile_model, record_paths,
+                            report_record, run_benchmark, write_record)
 from mmsk.utils import check_positive_int
 
 
@@ -90,9 +90,10 @@ def build_parser():
     parser.add_argument(
         '--profile', metavar='MODEL',
         help='instead of timing, profile one model (a key of the '
-        'comparisons, e.g. sknet50 or timm/skresnext50_32x4d) at the first '
-        '--size and --layout (nchw or channels_last), first of --modes; '
-        'with --reference, mmsk\'s plain reference forwards')
+        'comparisons, e.g. sknet50 or timm/skresnext50_32x4d) on the CPU at '
+        'one --size and --layout (nchw or channels_last; best: '
+        'channels_last) in one of --modes (default: infer); with '
+        '--reference, mmsk\'s plain reference forwards')
     parser.add_argument('--reference', action='store_true',
                         help='with --profile: the reference forwards')
     parser.add_argument('--by-shape', action='store_true',
@@ -149,8 +150,9 @@ def _kept(saved: list, argv: list) -> str:
             again.append(arg)
     command = ' '.join(shlex.quote(a) for a in ['python', TOOL] + again +
                        ['--resume', saved[1]])
-    return (f'the comparisons measured so far are in {saved[0]} and '
-            f'{saved[1]}; continue with: {command}')
+    files = ' and '.join(p for p in saved if osp.exists(p))
+    return (f'the comparisons measured so far are in {files}; continue '
+            f'with: {command}')
 
 
 def main(argv=None):
@@ -176,6 +178,7 @@ def main(argv=None):
         memory=not args.no_memory)
     command = ' '.join(shlex.quote(a) for a in ['python', TOOL] + list(argv))
     saved = []  # the .md and .json written so far
+    resumed = []  # the record that --resume continues, until then
     try:
         # a stored record's report: no timing option applies
         if args.report:
@@ -222,6 +225,8 @@ def main(argv=None):
             if key not in models:
                 raise ValueError(f'profile: unknown model {args.profile!r}; '
                                  f'known: {sorted(models)}')
+            if opts.modes[0] == 'train':
+                check_one_image_trains(key, models[key], opts.sizes[0], opts)
             print(profile_model(
                 models[key], opts.sizes[0], opts, mode=opts.modes[0],
                 layout=opts.layout if opts.layout != 'best' else
@@ -235,7 +240,7 @@ def main(argv=None):
         if args.resume:
             previous = load_record(args.resume)
             # until a comparison is added, what is kept is that record
-            saved[:] = [osp.splitext(args.resume)[0] + '.md', args.resume]
+            resumed[:] = [osp.splitext(args.resume)[0] + '.md', args.resume]
             stem = stem or osp.splitext(osp.basename(args.resume))[0]
             out_dir = args.out_dir or osp.dirname(args.resume) or '.'
         stem = stem or default_stem(opts)
@@ -252,7 +257,8 @@ def main(argv=None):
             previous=previous, on_update=save)
         md, js = write_record(record, out_dir, stem, args.plot)
     except KeyboardInterrupt:
-        print(f'interrupted: {_kept(saved, argv)}', file=sys.stderr)
+        print(f'interrupted: {_kept(saved or resumed, argv)}',
+              file=sys.stderr)
         return 130
     except (ValueError, ParityError) as e:
         print(f'error: {e}', file=sys.stderr)
