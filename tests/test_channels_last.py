@@ -221,10 +221,10 @@ def run_tiny(work_dir, hook, epochs=1, probe=None, extra=(), **options):
 
 def test_resumed_optimizer_state_takes_the_weights_layout(tmp_path):
     """A plain checkpoint resumed with the hook left the momentum NCHW next
-    to channels_last weights (and a hook checkpoint resumed without it the
-    reverse): the fused SGD then read the momentum in the wrong order, and
-    the resumed epoch went 76% of its update off course, without an
-    error."""
+    to channels_last weights: the fused SGD then read the momentum in the
+    wrong order, and the resumed epoch went 76% of its update off course,
+    without an error. (The hook also saved the momentum channels_last, the
+    reverse mismatch for a resume without the hook: now saved NCHW.)"""
     from mmsk.checkpoint import load_local_checkpoint
     fused = {'optim_wrapper.optimizer.fused': True}
     run_tiny(tmp_path / 'base', hook=False, **fused)
@@ -245,12 +245,15 @@ def test_resumed_optimizer_state_takes_the_weights_layout(tmp_path):
         assert any(m.dim() == 4 for m in momenta)
         assert all(m.is_contiguous() for m in momenta)  # saved NCHW
         ends[hook] = saved['state_dict']
+    # the two resumed epochs end where the same updates lead, up to the
+    # rounding of the convs' other kernels (1% of the stem's small update
+    # with other thread counts); the mismatch went 76% off
     before = load_local_checkpoint(start)['state_dict']
     for key, value in ends[True].items():
         if value.dim() == 4:
             update = (ends[False][key] - before[key]).norm()
             off = (value - ends[False][key]).norm()
-            assert off <= 0.01 * update, (key, off / update)
+            assert off <= 0.1 * update, (key, off / update)
 
 
 def test_ema_copy_runs_in_channels_last_to_the_same_average(tmp_path):

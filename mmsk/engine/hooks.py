@@ -2,7 +2,8 @@
 import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseAveragedModel, is_model_wrapper
+from mmengine.utils import apply_to
 
 from mmsk.registry import register_hook
 
@@ -17,15 +18,11 @@ def _to_channels_last(inputs):
 
 def _nchw(obj):
     """A copy of a (nested) state dict with its 4-D tensors contiguous
-    (NCHW); the dicts and lists are new, so the live state is not
-    touched."""
-    if isinstance(obj, torch.Tensor):
-        return obj.contiguous() if obj.dim() == 4 else obj
-    if isinstance(obj, dict):
-        return {key: _nchw(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_nchw(value) for value in obj)
-    return obj
+    (NCHW); the containers are new (of the same types), so the live state
+    is not touched."""
+    return apply_to(
+        obj, lambda x: isinstance(x, torch.Tensor) and x.dim() == 4,
+        lambda x: x.contiguous())
 
 
 def _optimizers(runner) -> list:
@@ -47,8 +44,12 @@ def _state_like_params(optimizer):
     fused CPU optimizers (``fused=True``), which walk raw memory, and slows
     the others."""
     for param, state in optimizer.state.items():
+        if param.layout != torch.strided or \
+                torch.empty_like(param).stride() != param.stride():
+            continue  # sparse, or not dense: no layout to follow
         for key, value in list(state.items()):
             if isinstance(value, torch.Tensor) and \
+                    value.layout == torch.strided and \
                     value.shape == param.shape and \
                     value.stride() != param.stride():
                 like = torch.empty_like(param, dtype=value.dtype,
@@ -82,8 +83,9 @@ class ChannelsLastHook(Hook):
     contiguous (NCHW) weights and optimizer state (momentum, Adam's
     averages), so they load anywhere, with or without the hook; after a
     resume the optimizer's state is given the weights' layout again.
-    EMAHook's copy of the model and the model inside a test-time
-    augmentation wrapper run in channels_last too. Works for mmpretrain,
+    EMAHook's averaged copy of the model is kept in channels_last too, and
+    the batches of a test-time augmentation wrapper's model are converted
+    as well. Works for mmpretrain,
     mmdet and mmseg models (anything with a ``data_preprocessor`` whose
     output holds ``inputs``)::
 
@@ -138,18 +140,15 @@ class ChannelsLastHook(Hook):
 
     @staticmethod
     def _convert_average(ema):
-        """An mmengine averaged model (EMA): its copy in channels_last, so
-        that each update reads both in one layout. Its list of averaged
+        """An mmengine averaged model (EMA): its copy kept in channels_last,
+        so that each update reads both in one layout. Its list of averaged
         tensors is taken again: with ``update_buffers=True`` it holds
         detached views of the old storage, which ``to()`` replaces."""
-        if not isinstance(ema, torch.nn.Module) or not hasattr(
-                ema, 'avg_parameters') or not isinstance(
-                    getattr(ema, 'module', None), torch.nn.Module):
+        if not isinstance(ema, BaseAveragedModel):
             return
         ema.module.to(memory_format=torch.channels_last)
-        ema.avg_parameters = ema.module.state_dict() if getattr(
-            ema, 'update_buffers', False) else dict(
-                ema.module.named_parameters())
+        ema.avg_parameters = ema.module.state_dict() \
+            if ema.update_buffers else dict(ema.module.named_parameters())
 
     def _remove(self):
         for handle in self._handles:
