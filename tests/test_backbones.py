@@ -272,6 +272,29 @@ def test_with_cp_matches_plain_forward_and_backward(name):
         assert torch.equal(g, want)
 
 
+@pytest.mark.parametrize('name', sorted(
+    n for n, cfg in BACKBONES.items() if cfg['type'] != 'InvertedResidualNet'))
+def test_with_cp_checkpoints_the_stem(name):
+    """The stem's maps are the largest a checkpointed step kept (half of
+    SKNet-18's at 224): with ``with_cp`` its first conv runs again in the
+    backward, unless the stem is frozen."""
+    from mmsk.models.backbones.resnet import ResNetStages
+    for frozen in (-1, 0):
+        model = build_backbone(_cfg(name, with_cp=True,
+                                    frozen_stages=frozen)).train()
+        assert isinstance(model, ResNetStages)
+        first = model.stem[0] if model.deep_stem else model.conv1
+        calls = []
+        first.register_forward_hook(lambda *args: calls.append(1))
+        sum(o.sum() for o in model(torch.rand(2, 3, 32, 32))).backward()
+        assert len(calls) == (2 if frozen < 0 else 1), (frozen, calls)
+        # not under no_grad (inference) either
+        calls.clear()
+        with torch.no_grad():
+            model(torch.rand(2, 3, 32, 32))
+        assert len(calls) == 1
+
+
 @pytest.mark.parametrize('name', sorted(BACKBONES))
 def test_drop_path_runs_in_every_block_with_a_skip(name):
     from mmcv.cnn.bricks import DropPath

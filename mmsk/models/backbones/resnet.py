@@ -17,6 +17,7 @@ The backbone subclasses mmpretrain's :class:`~mmpretrain.models.ResNet`, so
 ``out_indices``, ``frozen_stages``, ``norm_eval``, ``init_cfg`` and layer-wise
 learning-rate decay behave exactly as in mmpretrain.
 """
+import itertools
 import math
 from typing import Optional, Sequence, Union
 
@@ -595,6 +596,12 @@ class ResNetStages(Deployable, ResNet):
     is reported here, with its close matches, not by a block. ``forward``
     checks the input's rank, channels and dtype first.
 
+    ``with_cp=True`` checkpoints the stem too, not only the blocks (timm
+    and mmpretrain checkpoint the blocks): at 224x224 the stem's maps (its
+    conv and norm outputs, the max-pool indices) are about half of what a
+    checkpointed ResNet-18 step keeps. Its recomputation does not update
+    the stem's BatchNorm statistics a second time either.
+
     Width options: ``stage_channels`` gives each stage's output channels
     (default ``base_channels * expansion * 2**i``); ``final_conv_channels``
     ends the last stage with a 1x1 conv + norm + act to that width (timm's
@@ -793,7 +800,34 @@ class ResNetStages(Deployable, ResNet):
     def forward(self, x: torch.Tensor) -> tuple:
         check_input(self, x, self.in_channels, self._stem_weight())
         check_sync_bn(self, x)
-        return forward_batch_checked(self, super().forward, x)
+        return forward_batch_checked(self, self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> tuple:
+        # mmpretrain's ResNet.forward, with the stem checkpointed too
+        if self.with_cp and torch.is_grad_enabled() and any(
+                p.requires_grad for p in self._stem_parameters()):
+            x = checkpoint_module(self, self._stem_forward, x)
+        else:
+            x = self._stem_forward(x)
+        outs = []
+        for i, layer_name in enumerate(self.res_layers):
+            x = getattr(self, layer_name)(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def _stem_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deep_stem:
+            x = self.stem(x)
+        else:
+            x = self.relu(self.norm1(self.conv1(x)))
+        return self.maxpool(x)
+
+    def _stem_parameters(self):
+        if self.deep_stem:
+            return self.stem.parameters()
+        return itertools.chain(self.conv1.parameters(),
+                               self.norm1.parameters())
 
     def _stem_weight(self) -> torch.Tensor:
         return self.stem[0].conv.weight if self.deep_stem else \
