@@ -520,9 +520,9 @@ def check_one_image_trains(key: str, spec: dict, size: int,
         with _autocast(opts):
             model(x)
     except ValueError as e:
+        from mmsk.utils.validation import _BN_SINGLE_VALUE
         text = str(e)
-        if 'more than 1 value per channel' not in text and \
-                '2 or more images' not in text:
+        if _BN_SINGLE_VALUE not in text and '2 or more images' not in text:
             raise
         raise ValueError(
             f'batch 1 cannot train {key} at {size}x{size}: one of its '

@@ -16,13 +16,12 @@ def _to_channels_last(inputs):
     return inputs
 
 
-def _nchw(obj):
-    """A copy of a (nested) state dict with its 4-D tensors contiguous
-    (NCHW); the containers are new (of the same types), so the live state
-    is not touched."""
-    return apply_to(
-        obj, lambda x: isinstance(x, torch.Tensor) and x.dim() == 4,
-        lambda x: x.contiguous())
+def _contiguous(obj):
+    """A copy of a (nested) state dict with its tensors contiguous (NCHW);
+    the containers are new (of the same types), so a live state (the
+    optimizer's state dict holds its tensors) is not touched."""
+    return apply_to(obj, lambda x: isinstance(x, torch.Tensor),
+                    lambda x: x.contiguous())
 
 
 def _optimizers(runner) -> list:
@@ -85,9 +84,8 @@ class ChannelsLastHook(Hook):
     resume the optimizer's state is given the weights' layout again.
     EMAHook's averaged copy of the model is kept in channels_last too, and
     the batches of a test-time augmentation wrapper's model are converted
-    as well. Works for mmpretrain,
-    mmdet and mmseg models (anything with a ``data_preprocessor`` whose
-    output holds ``inputs``)::
+    as well. Works for mmpretrain, mmdet and mmseg models (anything with a
+    ``data_preprocessor`` whose output holds ``inputs``)::
 
         custom_hooks = [dict(type='mmsk.ChannelsLastHook')]
 
@@ -168,12 +166,6 @@ class ChannelsLastHook(Hook):
         self._remove()
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        for key in ('state_dict', 'ema_state_dict'):
-            state = checkpoint.get(key)
-            if isinstance(state, dict):
-                for name, value in state.items():
-                    if isinstance(value, torch.Tensor):
-                        state[name] = value.contiguous()
-        # the optimizer's state dict holds the live state tensors: copied
-        if 'optimizer' in checkpoint:
-            checkpoint['optimizer'] = _nchw(checkpoint['optimizer'])
+        for key in ('state_dict', 'ema_state_dict', 'optimizer'):
+            if key in checkpoint:
+                checkpoint[key] = _contiguous(checkpoint[key])

@@ -204,6 +204,7 @@ def main(argv=None):
             raise ValueError('--steps goes with --profile (the timing runs '
                              'take --repeats and --iters)')
         check_positive_int('steps', 3 if args.steps is None else args.steps)
+        check_positive_int('rows', args.rows)
         if args.profile:
             given = _given_options(argv)
             extra = [flag for dest, flag in given.items()
@@ -217,8 +218,6 @@ def main(argv=None):
                 if dest in given and len(values) > 1:
                     raise ValueError(f'--profile takes one {given[dest]} '
                                      f'value, got {len(values)}')
-        check_positive_int('rows', args.rows)
-        if args.profile:
             models = opts.all_models()
             key = args.profile if args.profile in models else \
                 COMPARISONS.get(args.profile, (args.profile, ))[0]
