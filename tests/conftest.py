@@ -2,6 +2,7 @@
 import contextlib
 import os
 import os.path as osp
+import socket
 import subprocess
 import sys
 
@@ -34,6 +35,14 @@ def run_python(code=None, args=(), timeout=600, cwd=ROOT, check=True,
         raise AssertionError(f'{cmd[:4]} failed ({proc.returncode}):\n'
                              f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
     return proc
+
+
+def free_port():
+    """A TCP port that no process listens on now, for a test's torchrun
+    (a fixed port fails when another run of the suite holds it)."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return str(sock.getsockname()[1])
 
 
 def randomize_bn(model, seed=0):

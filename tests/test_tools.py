@@ -4,7 +4,7 @@ import os
 import re
 import sys
 
-from conftest import MAIN_CONFIG, ROOT, run_python, train_tool
+from conftest import MAIN_CONFIG, ROOT, free_port, run_python, train_tool
 
 
 def test_resume_continues_from_the_last_checkpoint(trained_work_dir,
@@ -87,7 +87,7 @@ def test_dist_scripts_two_processes_on_cpu(tmp_path):
     env = dict(
         os.environ,
         PYTHON=sys.executable,
-        PORT='29533',
+        PORT=free_port(),
         OMP_NUM_THREADS='1',
         PYTHONPATH=os.pathsep.join(
             [str(tmp_path), os.environ.get('PYTHONPATH', '')]))
@@ -213,7 +213,7 @@ def test_dist_scripts_check_their_arguments_and_find_the_venv(tmp_path):
     (tmp_path / 'bin').mkdir()
     (tmp_path / 'broken.py').write_text('model = dict(type=\n')
     bare = dict(env, PATH=f"{tmp_path / 'bin'}:/bin", OMP_NUM_THREADS='1',
-                PORT='29541')
+                PORT=free_port())
     proc = subprocess.run(
         ['bash', f'{ROOT}/tools/dist_train.sh', str(tmp_path / 'broken.py'),
          '1', '--work-dir', str(tmp_path / 'wd')], env=bare,
