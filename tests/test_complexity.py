@@ -38,14 +38,28 @@ def test_params_within_2_percent(name):
 
 
 def test_complexity_tool_writes_a_table(tmp_path):
+    """--names takes the short keys (any case) as well as the table's
+    names."""
     out = tmp_path / 'table.md'
     run_python(args=[
         f'{ROOT}/tools/analysis_tools/complexity.py', '--names',
-        'SK-ResNet-50 (PytorchInsight)', '--out',
+        'SKnet50-PytorchInsight', 'SE-ResNet-50', '--out',
         str(out)
     ])
     table = out.read_text()
     assert '| SK-ResNet-50 (PytorchInsight) | 26.15 | 26.15 |' in table
+    assert '| SE-ResNet-50 | 28.09 | 28.09 |' in table
+
+
+def test_every_paper_figure_has_a_short_key():
+    from mmsk.utils.complexity import PAPER_FIGURES, PAPER_KEYS, paper_name
+    assert sorted(PAPER_KEYS.values()) == sorted(PAPER_FIGURES)
+    for key, name in PAPER_KEYS.items():
+        assert paper_name(key) == paper_name(key.upper()) == \
+            paper_name(name) == name
+    with pytest.raises(ValueError, match="unknown model 'sknet5': expected "
+                       "one of sknet50, .*did you mean 'sknet50'"):
+        paper_name('sknet5')
 
 
 def test_mobilenet_v2_within_2_percent_and_in_the_tool_table(tmp_path):
@@ -146,6 +160,11 @@ def test_bad_arguments_are_named(capsys):
         'complexity_tool', f'{ROOT}/tools/analysis_tools/complexity.py')
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    for names, error in [(['sknet5'], "--names: unknown model 'sknet5'"),
+                         (['sknet50', 'SKNet-50 (paper)'],
+                          '--names lists a model twice')]:
+        assert tool.main(['--names', *names]) == 1
+        assert capsys.readouterr().err.startswith(f'error: {error}')
     for tolerance in ('nan', 'inf', '-1'):
         assert tool.main(['--names', 'SK-ResNet-50 (PytorchInsight)',
                           '--tolerance', tolerance]) == 1

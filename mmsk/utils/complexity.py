@@ -38,6 +38,36 @@ PAPER_FIGURES: Dict[str, tuple] = {
      'mmpretrain MobileNetV2 README (paper, Table 4: 3.4M, 300M)'),
 }
 
+#: short key (the benchmark's comparison names) -> :data:`PAPER_FIGURES` key,
+#: for command lines: ``--names sknet50 res2net50``
+PAPER_KEYS: Dict[str, str] = {
+    'sknet50': 'SKNet-50 (paper)',
+    'sknet101': 'SKNet-101 (paper)',
+    'sknet50-pytorchinsight': 'SK-ResNet-50 (PytorchInsight)',
+    'senet50': 'SE-ResNet-50',
+    'seresnext50': 'SE-ResNeXt-50 32x4d',
+    'res2net50': 'Res2Net-50 26w4s',
+    'res2net101': 'Res2Net-101 26w4s',
+    'mobilenetv2': 'MobileNetV2 1.0',
+}
+
+
+def paper_name(name: str) -> str:
+    """The :data:`PAPER_FIGURES` key that ``name`` stands for: a key
+    itself or a short key of :data:`PAPER_KEYS` (any case)."""
+    if name in PAPER_FIGURES:
+        return name
+    key = name.lower() if isinstance(name, str) else name
+    if key in PAPER_KEYS:
+        return PAPER_KEYS[key]
+    import difflib
+    close = difflib.get_close_matches(
+        str(key), list(PAPER_KEYS) + list(PAPER_FIGURES), n=3, cutoff=0.5)
+    hint = f'; did you mean {", ".join(map(repr, close))}?' if close else ''
+    raise ValueError(
+        f'unknown model {name!r}: expected one of {", ".join(PAPER_KEYS)} '
+        f'(or {", ".join(map(repr, PAPER_FIGURES))}){hint}')
+
 
 #: How far (in %) a figure may be off the paper's: 2% by default (the
 #: papers give two or three digits); FLOPs of Res2Net-50 26w4s 2.5%. mmsk

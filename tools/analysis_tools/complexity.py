@@ -2,6 +2,9 @@
 
     python tools/analysis_tools/complexity.py [--names NAME ...] [--out F.md]
 
+NAME: a short key (sknet50, sknet101, sknet50-pytorchinsight, senet50,
+seresnext50, res2net50, res2net101, mobilenetv2) or the table's name.
+
 Prints a markdown table (deviation in %), optionally writes it to a file, and
 exits with 1 when a figure is off by more than its tolerance: --tolerance
 percent for every figure when given, else each figure's own
@@ -13,7 +16,8 @@ import sys
 from mmengine.utils import ProgressBar
 
 from mmsk.utils import check_option, number_in
-from mmsk.utils.complexity import PAPER_FIGURES, paper_table, tolerance
+from mmsk.utils.complexity import (PAPER_FIGURES, PAPER_KEYS, paper_name,
+                                   paper_table, tolerance)
 from mmsk.utils.io import OutputPathError, atomic_write_text, check_output_path
 
 
@@ -28,7 +32,10 @@ def _dev(got, ref):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--names', nargs='+', choices=sorted(PAPER_FIGURES))
+    parser.add_argument(
+        '--names', nargs='+', metavar='NAME',
+        help=f'models to count (default: all): {", ".join(PAPER_KEYS)}, '
+        "or the table's names")
     parser.add_argument('--out', help='also write the table to this file')
     parser.add_argument(
         '--tolerance', type=float, default=None,
@@ -36,6 +43,12 @@ def main(argv=None):
         "figure's own, 2%% but 2.5%% for Res2Net-50's FLOPs)")
     args = parser.parse_args(argv)
     try:
+        try:
+            names = [paper_name(n) for n in args.names or PAPER_FIGURES]
+        except ValueError as e:
+            raise ValueError(f'--names: {e}') from None
+        if len(set(names)) < len(names):
+            raise ValueError(f'--names lists a model twice: {args.names}')
         if args.tolerance is not None:
             check_option('complexity', '--tolerance', args.tolerance,
                          number_in(0, None))
@@ -48,7 +61,6 @@ def main(argv=None):
         except OutputPathError as e:
             print(f'error: {e}', file=sys.stderr)
             return 1
-    names = args.names or list(PAPER_FIGURES)
     bar = ProgressBar(len(names))
     rows = paper_table(names, progress=lambda _: bar.update())
     lines = [
