@@ -128,15 +128,50 @@ def test_deploy_refuses_what_it_cannot_fold():
         dict(BACKBONES['senet18'], conv_cfg=dict(type='ConvWS')))
     with pytest.raises(NotImplementedError, match='ConvWS'):
         model.switch_to_deploy()
-    # mmcv's Conv2d (type 'Conv', nn.Conv2d plus empty batches) folds
-    model = randomize_bn(build_backbone(
-        dict(BACKBONES['senet18'], conv_cfg=dict(type='Conv')))).eval()
-    x = torch.randn(2, 3, 32, 32)
-    want = _outputs(model, x)
-    model.switch_to_deploy()
-    assert not any(isinstance(m, _BatchNorm) for m in model.modules())
-    for a, b in zip(_outputs(model, x), want):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # mmcv's Conv2d (type 'Conv', nn.Conv2d plus empty batches) folds, and
+    # SK's select step collapses with it (it was refused after the BNs had
+    # been folded, which left a half-folded model)
+    for name in ('senet18', 'sknet18-timm', 'sknet50-paper',
+                 'sk-mobilenet-v2'):
+        model = randomize_bn(build_backbone(
+            dict(BACKBONES[name], conv_cfg=dict(type='Conv')))).eval()
+        x = torch.randn(2, 3, 32, 32)
+        want = _outputs(model, x)
+        model.switch_to_deploy()
+        assert not any(isinstance(m, _BatchNorm) for m in model.modules())
+        for a, b in zip(_outputs(model, x), want):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_a_select_step_that_cannot_collapse_leaves_the_model_as_it_was():
+    """The select conv is checked with the conv + BN pairs, before any
+    change: the refusal leaves every BN and every parameter in place."""
+    from mmsk.models.deploy import CannotFoldError
+
+    class Expand(torch.nn.Module):  # not a conv: nothing to subtract
+
+        def __init__(self, conv):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x):
+            return self.conv(x)
+
+    model = build_backbone(dict(type='SKNet', depth=18, stem_channels=8,
+                                base_channels=8)).eval()
+    attention = next(m for m in model.modules()
+                     if hasattr(m, 'collapse_paths'))
+    attention.expand = Expand(attention.expand)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CannotFoldError,
+                       match='cannot collapse a select conv of type '
+                       r'.*Expand \(conv_cfg\)'):
+        model.switch_to_deploy()
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    assert not attention.collapsed and not model.deploy
 
 
 SK18 = dict(type='SKNet', depth=18, stem_channels=8, base_channels=8)

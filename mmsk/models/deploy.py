@@ -6,8 +6,9 @@ inference is one function rather than a ``switch_to_deploy`` per block:
 - every conv + BatchNorm pair (``ConvModule``, the shortcut projections, the
   stem, the SK branches and the SK attention's reduce conv + norm) is folded
   the way mmcv's :func:`~mmcv.cnn.fuse_conv_bn` folds it: the conv gets the
-  BN's scale and shift, the BN becomes ``nn.Identity``. Every pair is checked
-  before anything changes, so a model that cannot fold is left as it was;
+  BN's scale and shift, the BN becomes ``nn.Identity``. Every pair and
+  every select step is checked before anything changes, so a model that
+  cannot fold is left as it was;
   a BN without affine parameters folds with scale 1 and shift 0, and the
   folded parameters keep the conv weight's ``requires_grad`` (frozen stages
   stay frozen);
@@ -46,6 +47,10 @@ def _check_foldable(module: nn.Module):
                 f'switch_to_deploy: {name or type(module).__name__} is a '
                 f'{type(m).__name__} (conv_cfg); only plain nn.Conv2d '
                 f'layers fold with their BatchNorm')
+        error = m.collapse_error() if hasattr(m, 'collapse_error') else None
+        if error:
+            raise CannotFoldError(
+                f'switch_to_deploy: {name or type(module).__name__}: {error}')
 
 
 _Pair = Tuple[nn.Module, nn.Conv2d, str, _BatchNorm, str]

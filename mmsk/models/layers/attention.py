@@ -214,6 +214,22 @@ class ChannelAttention(Deployable, BaseModule):
         return self.gate(
             w.reshape(w.shape[0], self.num_paths, self.in_channels, 1, 1))
 
+    def collapse_error(self):
+        """Why :meth:`collapse_paths` cannot collapse this select step
+        (None: it can, or there is nothing to collapse); checked for every
+        module before ``switch_to_deploy`` changes anything."""
+        if self.num_paths != 2 or self.collapsed:
+            return None
+        # mmcv's Conv2d (conv_cfg type 'Conv') is nn.Conv2d plus a path for
+        # empty batches: the same maths
+        from mmcv.cnn.bricks.wrappers import Conv2d as MMCVConv2d
+        if type(self.expand) in (nn.Conv2d, MMCVConv2d):
+            return None
+        return (f'{type(self).__name__}: cannot collapse a select conv of '
+                f'type {type(self.expand).__module__}.'
+                f'{type(self.expand).__name__} (conv_cfg); only '
+                f'torch.nn.Conv2d and mmcv\'s Conv2d collapse')
+
     @torch.no_grad()
     def collapse_paths(self):
         """With two paths, the select step as one ``C``-wide logit
@@ -221,12 +237,11 @@ class ChannelAttention(Deployable, BaseModule):
         part of :meth:`switch_to_deploy`, a no-op otherwise."""
         if self.num_paths != 2 or self.collapsed:
             return
-        expand = self.expand
-        if type(expand) is not nn.Conv2d:
+        error = self.collapse_error()
+        if error:
             from ..deploy import CannotFoldError
-            raise CannotFoldError(
-                f'{type(self).__name__}: cannot collapse a select conv of '
-                f'type {type(expand).__name__} (plain Conv2d only)')
+            raise CannotFoldError(error)
+        expand = self.expand
         c = self.in_channels
         diff = nn.Conv2d(
             self.attn_channels, c, 1, bias=expand.bias is not None).to(
