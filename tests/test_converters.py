@@ -111,3 +111,40 @@ def test_converter_errors(tmp_path):
         '--list | true; exit ${PIPESTATUS[0]}', shell=True,
         executable='/bin/bash', capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stderr == '', proc.stderr
+
+
+@pytest.mark.parametrize('groups, base_width, scales', [(1, 26, 4),
+                                                        (4, 13, 3)])
+def test_res2net_middle_width_of_any_stage_width(groups, base_width, scales):
+    """Stage widths whose split width is not a whole number (48 planes *
+    26 / 64 = 19.5): the split width is rounded down before it is
+    multiplied by the splits, as in timm (78 channels, not 76, failed:
+    4 splits do not divide them)."""
+    from mmengine.registry import init_default_scope
+    from timm.models.res2net import Bottle2neck
+    from timm.models.resnet import ResNet
+
+    from mmpretrain.registry import MODELS
+
+    import mmsk  # noqa: F401
+    from mmsk.converters.timm import convert_state_dict
+    torch.manual_seed(0)
+    ref = ResNet(Bottle2neck, (2, 2, 2, 2), num_classes=10,
+                 channels=(48, 96, 192, 384), cardinality=groups,
+                 base_width=base_width, block_args=dict(scale=scales))
+    randomize_bn(ref).eval()
+    init_default_scope('mmpretrain')
+    model = MODELS.build(dict(
+        type='ImageClassifier',
+        backbone=dict(type='MultiScaleResNet', depth=26, groups=groups,
+                      base_width=base_width, scales=scales,
+                      stage_channels=(192, 384, 768, 1536)),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=10,
+                  in_channels=1536))).eval()
+    model.load_state_dict(
+        convert_state_dict('res2net50_26w_4s', ref.state_dict()))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, mode='tensor'), ref(x),
+                                   atol=1e-4, rtol=1e-4)

@@ -49,9 +49,19 @@ class Res2Bottleneck(Bottleneck):
         check_options(self, locals(), RES2_OPTIONS)
         super().__init__(
             *args,
-            width_per_group=base_width * scales,
+            width_per_group=base_width,
             conv2_cfg=dict(scales=scales),
             **kwargs)
+
+    @staticmethod
+    def middle_width(planes, width_per_group, base_channels, groups,
+                     conv2_cfg):
+        # the paper's, timm's and mmpretrain's rule: the split width is
+        # rounded down before it is multiplied by the splits (rounding the
+        # product gave widths that the splits do not divide)
+        return Bottleneck.middle_width(planes, width_per_group,
+                                       base_channels, groups,
+                                       conv2_cfg) * conv2_cfg['scales']
 
     def make_conv2(self, channels, stride, dilation, groups, stage_first,
                    **kwargs):

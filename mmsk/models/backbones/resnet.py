@@ -357,6 +357,14 @@ class Bottleneck(_ResidualBlock):
 
     expansion = 4
 
+    @staticmethod
+    def middle_width(planes: int, width_per_group: int, base_channels: int,
+                     groups: int, conv2_cfg: dict) -> int:
+        """The middle width (ResNeXt's rule); blocks whose spatial conv
+        splits the channels further (Res2Net) multiply it."""
+        return int(math.floor(planes * width_per_group / base_channels)) * \
+            groups
+
     def __init__(self,
                  in_channels: int,
                  out_channels: int,
@@ -405,8 +413,9 @@ class Bottleneck(_ResidualBlock):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.expansion = expansion
-        self.mid_channels = int(
-            math.floor(planes * width_per_group / base_channels)) * groups
+        self.mid_channels = self.middle_width(planes, width_per_group,
+                                              base_channels, groups,
+                                              conv2_cfg or {})
         if self.mid_channels < 1:
             raise ValueError(
                 f'width_per_group={width_per_group} with base_channels='
