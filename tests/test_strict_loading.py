@@ -50,6 +50,35 @@ def test_mis_shaped_keys_are_named(trained_work_dir, tmp_path):
     assert '... and ' in message  # long lists are cut, with a count
 
 
+def test_values_that_are_not_tensors_are_named(trained_work_dir, tmp_path):
+    """A numpy array or a number in a weight's place had the right key (and
+    an array the right shape), so it passed the check; MMEngine's loader
+    then only logged that it could not copy it, and the test tool
+    evaluated the random weight (exit 0)."""
+    import torch
+
+    from mmsk.checkpoint import load_local_checkpoint
+    from mmsk.engine import CheckpointMismatchError
+    from mmsk.engine.loading import load_checkpoint_strict
+    ckpt = load_local_checkpoint(str(trained_work_dir / 'epoch_1.pth'))
+    state = ckpt['state_dict']
+    state['backbone.conv1.weight'] = state['backbone.conv1.weight'].numpy()
+    state['head.fc.bias'] = 5
+    bad = tmp_path / 'numpy.pth'
+    torch.save(ckpt, bad)
+    runner = _runner(tmp_path)
+    before = runner.model.state_dict()['backbone.conv1.weight'].clone()
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'2 keys hold no tensor: backbone\.conv1\.'
+                       r'weight \(numpy\.ndarray\), head\.fc\.bias '
+                       r'\(builtins\.int\)'):
+        runner.load_checkpoint(str(bad))
+    with pytest.raises(CheckpointMismatchError, match='hold no tensor'):
+        load_checkpoint_strict(runner.model, str(bad))
+    assert torch.equal(runner.model.state_dict()['backbone.conv1.weight'],
+                       before)
+
+
 def test_partial_load_from_is_an_explicit_opt_in(trained_work_dir, tmp_path):
     import torch
 

@@ -19,6 +19,8 @@ import threading
 from contextlib import contextmanager
 from typing import Dict, List, Optional, Tuple
 
+import torch
+
 #: Config key of the opt-in to partial ``load_from`` loading.
 STRICT_KEY = 'load_from_strict'
 _SHOWN = 20  # keys named per kind in an error message
@@ -64,11 +66,25 @@ def state_dict_mismatch(
     unexpected = sorted(set(state_dict) - set(expected))
     mis_shaped = []
     for key in sorted(set(expected) & set(state_dict)):
-        got = getattr(state_dict[key], 'shape', None)
+        got = state_dict[key].shape \
+            if isinstance(state_dict[key], torch.Tensor) else None
         if got is not None and tuple(got) != tuple(expected[key].shape):
             mis_shaped.append(
                 (key, tuple(got), tuple(expected[key].shape)))
     return missing, unexpected, mis_shaped
+
+
+def mis_typed_keys(model, state_dict: Dict) -> List[Tuple[str, str]]:
+    """``(key, type name)`` of the values of ``state_dict`` that are not
+    tensors, for the model's keys (renamed as :func:`state_dict_mismatch`
+    renames them): a numpy array or a number in a weight's place, which
+    MMEngine's non-strict loader only logs, leaving that weight random."""
+    state_dict = keys_as_loaded(model, state_dict)
+    expected = model.state_dict()
+    return [(key, f'{type(state_dict[key]).__module__}.'
+                  f'{type(state_dict[key]).__qualname__}')
+            for key in sorted(set(expected) & set(state_dict))
+            if not isinstance(state_dict[key], torch.Tensor)]
 
 
 def _names(keys: List[str]) -> str:
@@ -81,17 +97,18 @@ def check_checkpoint_fits(model, checkpoint, filename: str = 'checkpoint',
                           revise_keys=((r'^module.', ''), ),
                           hint: Optional[str] = None):
     """Raise :class:`CheckpointMismatchError` unless every key of the model
-    is in the checkpoint with the same shape and the checkpoint holds no
-    other key."""
+    is in the checkpoint as a tensor of the same shape and the checkpoint
+    holds no other key."""
     state_dict = checkpoint.get('state_dict', checkpoint) \
         if isinstance(checkpoint, dict) else checkpoint
     if not isinstance(state_dict, dict):
         raise CheckpointMismatchError(
             f'{filename} holds no state dict '
             f'(got {type(state_dict).__name__})')
-    missing, unexpected, mis_shaped = state_dict_mismatch(
-        model, _revise(dict(state_dict), revise_keys))
-    if not (missing or unexpected or mis_shaped):
+    state_dict = _revise(dict(state_dict), revise_keys)
+    missing, unexpected, mis_shaped = state_dict_mismatch(model, state_dict)
+    mis_typed = mis_typed_keys(model, state_dict)
+    if not (missing or unexpected or mis_shaped or mis_typed):
         return
     parts = []
     if missing:
@@ -102,6 +119,10 @@ def check_checkpoint_fits(model, checkpoint, filename: str = 'checkpoint',
     if mis_shaped:
         shown = [f'{k} (checkpoint {a}, model {b})' for k, a, b in mis_shaped]
         parts.append(f'{len(mis_shaped)} mis-shaped keys: {_names(shown)}')
+    if mis_typed:
+        shown = [f'{k} ({t})' for k, t in mis_typed]
+        parts.append(f'{len(mis_typed)} keys hold no tensor: '
+                     f'{_names(shown)}')
     raise CheckpointMismatchError(
         f'{filename} does not fit the model {type(model).__name__}: '
         + '; '.join(parts) + (f'. {hint}' if hint else ''))
