@@ -155,6 +155,31 @@ def test_tool_errors_name_the_problem(tmp_path, capsys):
         export_onnx(torch.nn.Identity(), 'x.onnx', (32, 32), exporter='tf')
 
 
+def test_verification_is_not_blinded_by_a_nan(tmp_path):
+    """max() skips a NaN, so one NaN logit made any difference read 0:
+    NaN or inf from onnxruntime where PyTorch has a number is an infinite
+    difference; a PyTorch output that is not finite cannot be checked."""
+    from mmpretrain.registry import MODELS
+
+    from mmsk.deploy import export_onnx, verify_onnx
+    cfg = classifier_config('senet18')
+    torch.manual_seed(0)
+    model = randomize_bn(MODELS.build(cfg.model)).eval()
+    out = str(tmp_path / 'nan.onnx')
+    x = torch.randn(1, 1, *SHAPE)
+    with torch.no_grad():
+        bias = model.head.fc.bias
+        kept = bias.clone()
+        bias[0] = float('nan')  # the file gives NaN in logit 0
+        export_onnx(model, out, SHAPE, exporter='torchscript')
+        with pytest.raises(ValueError, match="1 of PyTorch's 10 output "
+                           'values on the input input are not finite'):
+            verify_onnx(model, out, x)
+        bias.copy_(kept)
+        # the other logits agree; logit 0 is NaN in the file only
+        assert verify_onnx(model, out, x)['input'] == float('inf')
+
+
 @pytest.mark.parametrize('case', ['sknet18-paper', 'sk-mobilenet-v2'])
 def test_deploy_true_config_with_folded_checkpoint(case, tmp_path):
     """A config built with ``deploy=True`` loads a folded checkpoint and

@@ -304,7 +304,9 @@ def verify_onnx(model: nn.Module,
                 inputs: Union[torch.Tensor, Dict[str, torch.Tensor]],
                 features: bool = False) -> Dict[str, float]:
     """Run ``onnx_file`` with onnxruntime and ``model`` with PyTorch on each
-    input; return the max abs difference over all outputs, per input."""
+    input; return the max abs difference over all outputs, per input (inf
+    where onnxruntime gives NaN or inf and PyTorch a number). Raises
+    ``ValueError`` when PyTorch's own outputs are not finite."""
     import onnxruntime as ort
     if isinstance(inputs, torch.Tensor):
         inputs = {'input': inputs}
@@ -328,6 +330,17 @@ def verify_onnx(model: nn.Module,
                 raise AssertionError(f'{onnx_file}: output shape {g.shape} '
                                      f'!= PyTorch {tuple(e.shape)} on the '
                                      f'{key} input')
-            diff = max(diff, (torch.from_numpy(g) - e).abs().max().item())
+            bad = int((~torch.isfinite(e)).sum())
+            if bad:
+                # max() skips a NaN: one of them hid every real difference
+                raise ValueError(
+                    f'{bad} of PyTorch\'s {e.numel()} output values on the '
+                    f'{key} input are not finite (NaN or inf): the checkpoint '
+                    f'holds non-finite weights or statistics, so '
+                    f'{onnx_file} cannot be checked against it')
+            g = torch.from_numpy(g)
+            # onnxruntime's NaN or inf where PyTorch has a number: inf
+            diff = max(diff, torch.nan_to_num(
+                (g - e).abs(), nan=float('inf')).max().item())
         diffs[key] = diff
     return diffs
