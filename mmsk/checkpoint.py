@@ -152,6 +152,13 @@ def load_local_checkpoint(filename: str, map_location=None):
             f'checkpoint of the work dir)')
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
+    if is_safetensors_file(filename):
+        raise CorruptCheckpointError(
+            f'Cannot read checkpoint {filename!r}: it is a safetensors file '
+            f'of weights (the format timm downloads), not a torch '
+            f'checkpoint: convert it first with '
+            f'tools/model_converters/timm_to_mmsk.py MODEL {filename} '
+            f'OUT.pth')
     if not _looks_like_torch_file(filename):
         raise CorruptCheckpointError(
             f'Cannot read checkpoint {filename!r}: it is corrupt, truncated '
@@ -200,6 +207,34 @@ def zip_damage(filename: str) -> Optional[str]:
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         return f'{type(e).__name__}: {e}'
     return None if bad is None else f'bad CRC in record {bad!r}'
+
+
+def is_safetensors_file(filename: str) -> bool:
+    """Whether ``filename`` starts like a safetensors file: a little-endian
+    64-bit header length that fits in the file, then a JSON object."""
+    with open(filename, 'rb') as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b'{':
+        return False
+    return 0 < int.from_bytes(head[:8], 'little') <= \
+        osp.getsize(filename) - 8
+
+
+def load_safetensors(filename: str) -> dict:
+    """The tensors of a safetensors file (which holds no code to run), on
+    the CPU; :class:`CorruptCheckpointError` when it does not read."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as e:
+        raise CorruptCheckpointError(
+            f'{filename!r} is a safetensors file; reading it needs the '
+            f'safetensors package (pip install safetensors)') from e
+    try:
+        return load_file(filename, device='cpu')
+    except Exception as e:  # noqa: BLE001 - SafetensorError and others
+        raise CorruptCheckpointError(
+            f'Cannot read {filename!r}: it is a corrupt or truncated '
+            f'safetensors file ({type(e).__name__}: {e})') from e
 
 
 def _looks_like_torch_file(filename: str) -> bool:

@@ -148,3 +148,47 @@ def test_res2net_middle_width_of_any_stage_width(groups, base_width, scales):
     with torch.no_grad():
         torch.testing.assert_close(model(x, mode='tensor'), ref(x),
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_timm_safetensors_weights_and_tagged_names(tmp_path):
+    """timm downloads safetensors files and names weights with a tag
+    (skresnet18.ra_in1k): both were refused ('corrupt', 'not supported');
+    a safetensors file handed to the checkpoint loader names the format."""
+    import timm
+    from safetensors.torch import save_file
+
+    from mmsk.checkpoint import CorruptCheckpointError, load_local_checkpoint
+    from mmsk.converters import convert_checkpoint
+    torch.manual_seed(0)
+    ref = randomize_bn(timm.create_model('skresnet18', num_classes=10)).eval()
+    src, dst = tmp_path / 'model.safetensors', tmp_path / 'mmsk.pth'
+    save_file(ref.state_dict(), src)
+    model = convert_and_rebuild('timm_to_mmsk.py', convert_checkpoint,
+                                'skresnet18.ra_in1k', src, dst)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, mode='tensor'), ref(x),
+                                   atol=1e-4, rtol=1e-4)
+    with pytest.raises(CorruptCheckpointError,
+                       match='it is a safetensors file of weights .*'
+                       'timm_to_mmsk.py MODEL'):
+        load_local_checkpoint(str(src))
+    cut = tmp_path / 'cut.safetensors'
+    cut.write_bytes(src.read_bytes()[:-1000])
+    with pytest.raises(CorruptCheckpointError,
+                       match='corrupt or truncated safetensors'):
+        convert_checkpoint('skresnet18', str(cut), str(tmp_path / 'o.pth'))
+    assert not (tmp_path / 'o.pth').exists()
+
+
+@pytest.mark.parametrize('name, message', [
+    ('legacy_seresnet18', "the old SENet port's layout"),
+    ('senet154', "the old SENet port's layout"),
+    ('nf_seresnet50', 'normalizer-free'),
+    ('skresnet81', 'did you mean skresnet18'),
+])
+def test_timm_models_left_out_say_why(name, message):
+    from mmsk.converters import convert_checkpoint
+    with pytest.raises(KeyError, match=f"timm model '{name}' is not "
+                       f'supported.*{message}'):
+        convert_checkpoint(name, 'x', 'y')

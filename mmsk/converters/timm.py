@@ -8,10 +8,12 @@ weights; :func:`convert_checkpoint` writes an mmengine checkpoint whose
 DST)`` rebuilds the model with no other file (the text read as data, not
 run).
 """
+import os.path as osp
 import re
 from typing import Callable, Dict, Optional
 
-from mmsk.checkpoint import load_local_checkpoint
+from mmsk.checkpoint import (is_safetensors_file, load_local_checkpoint,
+                             load_safetensors)
 from mmsk.utils.io import atomic_save, check_output_path
 from .mobilenet import TIMM_MOBILENETV2_MODELS, convert_timm_mobilenetv2
 
@@ -190,6 +192,7 @@ def _rename(key: str, rules) -> str:
 
 def convert_state_dict(model_name: str, state_dict: dict) -> dict:
     """Rename a timm state dict to the mmsk classifier's keys."""
+    model_name = timm_base_name(model_name)
     entry = _entry(model_name)
     if entry['rules'] == 'mobilenetv2':
         return convert_timm_mobilenetv2(state_dict)
@@ -210,15 +213,46 @@ def convert_state_dict(model_name: str, state_dict: dict) -> dict:
     return out
 
 
+#: timm models of the families that mmsk leaves out, with the reason
+_LEFT_OUT = [
+    (r'^(legacy_se|senet154)',
+     "the old SENet port's layout (layer0, se_module); mmsk converts the "
+     "modern layout: seresnet*/seresnext*"),
+    (r'^nf_', 'a normalizer-free network (no BatchNorm)'),
+    (r'^dla', 'a DLA network with Res2Net blocks, not a ResNet layout'),
+]
+
+
+def timm_base_name(model_name: str) -> str:
+    """``model_name`` without timm's pretrained tag (``skresnet18.ra_in1k``
+    -> ``skresnet18``: the tag names the weights, not the model)."""
+    if isinstance(model_name, str) and '.' in model_name:
+        base = model_name.split('.', 1)[0]
+        if base in TIMM_MODELS:
+            return base
+    return model_name
+
+
 def _entry(model_name: str) -> dict:
+    model_name = timm_base_name(model_name)
     if model_name not in TIMM_MODELS:
+        for pattern, reason in _LEFT_OUT:
+            if isinstance(model_name, str) and re.match(pattern, model_name):
+                raise KeyError(f'timm model {model_name!r} is not supported: '
+                               f'it is {reason}')
+        import difflib
+        close = difflib.get_close_matches(str(model_name), TIMM_MODELS,
+                                          n=3, cutoff=0.6)
+        hint = f'did you mean {", ".join(close)}? ' if close else ''
         raise KeyError(f'timm model {model_name!r} is not supported; '
-                       f'supported: {supported_models()}')
+                       f'{hint}tools/model_converters/timm_to_mmsk.py '
+                       f'--list lists the {len(TIMM_MODELS)} supported models')
     return TIMM_MODELS[model_name]
 
 
 def classifier_config(model_name: str, num_classes: int = 1000) -> str:
     """mmpretrain config text of the mmsk classifier for a timm model."""
+    model_name = timm_base_name(model_name)
     return backbone_classifier_config(_entry(model_name)['backbone'],
                                       num_classes, f"timm's {model_name!r}")
 
@@ -267,10 +301,14 @@ def _unwrap(checkpoint) -> dict:
 def read_state_dict(src: str, classifier: str) -> dict:
     """The state dict in the checkpoint ``src`` (bare, or under
     ``state_dict`` / ``model`` / ``state_dict_ema``; read with
-    ``weights_only=True``): a non-empty dict of tensors, whose classifier
+    ``weights_only=True``; or a safetensors file, as timm downloads): a
+    non-empty dict of tensors, whose classifier
     weight ``classifier`` (if any) is a matrix."""
     import torch
-    state_dict = _unwrap(load_local_checkpoint(src, map_location='cpu'))
+    if osp.isfile(src) and is_safetensors_file(src):
+        state_dict = load_safetensors(src)  # timm's Hugging Face weights
+    else:
+        state_dict = _unwrap(load_local_checkpoint(src, map_location='cpu'))
     if not isinstance(state_dict, dict) or not state_dict:
         raise ValueError(f'{src} holds no state dict')
     for key, value in state_dict.items():
@@ -292,8 +330,10 @@ def convert_checkpoint(model_name: str,
     """Convert the timm weights in ``src`` to an mmengine checkpoint ``dst``.
 
     ``src`` may hold a bare state dict or a dict with ``state_dict`` /
-    ``model``; it is read with ``weights_only=True``.
+    ``model``; it is read with ``weights_only=True``. A safetensors file
+    (the weights timm downloads from the Hugging Face Hub) is read too.
     """
+    model_name = timm_base_name(model_name)
     _entry(model_name)
     check_output_path(dst, inputs=[src], create=False)
     classifier = 'classifier.weight' if model_name in \
