@@ -265,7 +265,7 @@ def test_ema_copy_runs_in_channels_last_to_the_same_average(tmp_path):
     from mmsk.checkpoint import load_local_checkpoint
     ema = dict(type='EMAHook', momentum=0.1, update_buffers=True,
                priority='ABOVE_NORMAL')
-    averages = {}
+    averages, metadata = {}, {}
     for hook in (False, True):
         probe = StateProbe()
         run_tiny(tmp_path / str(hook), hook, probe=probe, extra=[ema])
@@ -275,6 +275,11 @@ def test_ema_copy_runs_in_channels_last_to_the_same_average(tmp_path):
         assert all(v.is_contiguous()
                    for v in saved['ema_state_dict'].values())
         averages[hook] = saved['ema_state_dict']
+        # the module versions that loading passes on (the hook's copy
+        # dropped them)
+        metadata[hook] = [getattr(saved[key], '_metadata', None)
+                          for key in ('state_dict', 'ema_state_dict')]
+    assert metadata[True] == metadata[False] and all(metadata[True])
     assert averages[True].keys() == averages[False].keys()
     for key, value in averages[False].items():
         torch.testing.assert_close(averages[True][key], value, rtol=1e-4,
