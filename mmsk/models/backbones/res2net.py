@@ -37,6 +37,9 @@ class Res2Bottleneck(Bottleneck):
         104
     """
 
+    #: base-block arguments this block sets itself (-> what to pass)
+    sets_itself = dict(conv2_cfg='the Res2Net split is conv2: pass scales')
+
     def __init__(self,
                  *args,
                  scales: int = 4,
@@ -46,6 +49,7 @@ class Res2Bottleneck(Bottleneck):
         if width_per_group is not None:
             raise ValueError('Res2Bottleneck takes base_width (per split), '
                              'not width_per_group')
+        self._refuse_what_it_sets(kwargs)
         check_options(self, locals(), RES2_OPTIONS)
         super().__init__(
             *args,

@@ -136,6 +136,15 @@ class _ResidualBlock(Deployable, BaseModule):
     """What both block shapes share: slot, drop path, shortcut, checkpoint."""
 
     expansion = 1
+    #: base-block arguments that a subclass sets itself -> what to pass
+    #: instead (refused when given, here and by the backbones)
+    sets_itself: dict = {}
+
+    def _refuse_what_it_sets(self, kwargs: dict):
+        given = [f'{key!r} ({hint})' for key, hint in
+                 self.sets_itself.items() if key in kwargs]
+        if given:
+            raise TypeError(f'{type(self).__name__} sets {", ".join(given)}')
 
     def _init_tail(self, out_channels, downsample, attn_cfg, drop_path_rate,
                    act_cfg, with_cp):
@@ -802,9 +811,11 @@ class ResNetStages(Deployable, ResNet):
     def _check_block_cfg(self, block: type, block_cfg: dict):
         """Options that are not the backbone's go to its blocks: refuse,
         here and once, those that the blocks do not take either."""
+        own = getattr(block, 'sets_itself', {})
         known = accepted_kwargs(type(self)) | (
-            accepted_kwargs(block) - self._builder_keys)
-        check_unknown_keys(self, block_cfg, known, hints=self.option_hints)
+            accepted_kwargs(block) - self._builder_keys - set(own))
+        check_unknown_keys(self, block_cfg, known,
+                           hints={**own, **self.option_hints})
 
     def forward(self, x: torch.Tensor) -> tuple:
         check_input(self, x, self.in_channels, self._stem_weight())

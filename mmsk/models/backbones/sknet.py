@@ -52,8 +52,12 @@ class SKBasicBlock(BasicBlock):
         torch.Size([1, 64, 8, 8])
     """
 
+    #: base-block arguments this block sets itself (-> what to pass)
+    sets_itself = dict(conv1_cfg='the SK unit is conv1: pass sk_cfg')
+
     def __init__(self, *args, sk_cfg: Optional[dict] = None, **kwargs):
         check_options(self, locals(), dict(sk_cfg=optional(check_dict)))
+        self._refuse_what_it_sets(kwargs)
         check_sk_cfg(self, sk_cfg)
         super().__init__(*args, conv1_cfg=sk_cfg, **kwargs)
 
@@ -74,8 +78,11 @@ class SKBottleneck(Bottleneck):
         torch.Size([1, 256, 8, 8])
     """
 
+    sets_itself = dict(conv2_cfg='the SK unit is conv2: pass sk_cfg')
+
     def __init__(self, *args, sk_cfg: Optional[dict] = None, **kwargs):
         check_options(self, locals(), dict(sk_cfg=optional(check_dict)))
+        self._refuse_what_it_sets(kwargs)
         check_sk_cfg(self, sk_cfg, dict(groups="set by the block's groups"))
         super().__init__(*args, conv2_cfg=sk_cfg, **kwargs)
 
