@@ -153,6 +153,10 @@ def test_res2conv_hierarchy_and_first_block():
         Res2Conv(32, scales=1)
     with pytest.raises(ValueError, match='divisible'):
         Res2Conv(30, scales=4)
+    # a strided conv inside the hierarchy: it failed in the forward, on
+    # the sum of two splits of different sizes
+    with pytest.raises(ValueError, match='stride=2 needs stage_first=True'):
+        Res2Conv(16, stride=2)
 
 
 def test_sk_attention_batchnorm_needs_two_images_in_train_mode():

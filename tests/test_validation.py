@@ -8,6 +8,7 @@ and export.
 """
 import copy
 import inspect
+import re
 
 import pytest
 import torch
@@ -409,6 +410,21 @@ def test_layer_cfgs_of_another_kind_are_refused(type_name, key, cfg,
     assert f'{type_name}: {key}' in str(info.value)
 
 
+def test_the_layernorm_advice_builds_from_any_scope():
+    """The LayerNorm error's advice, dict(type="LN2d"), built only under
+    mmpretrain's default scope (not mmsk's, mmdet's or mmseg's)."""
+    from mmengine.registry import DefaultScope
+    cfg = dict(type='SKNet', depth=18, stem_channels=8, base_channels=8)
+    with pytest.raises(ValueError, match='use dict.type="(.*)"') as info:
+        build_backbone(dict(cfg, norm_cfg=dict(type='LN')))
+    advised = re.search(r'use dict\(type="([\w.]+)"\)',
+                        str(info.value)).group(1)
+    with DefaultScope.overwrite_default_scope('mmsk'):
+        from mmsk.registry import MODELS
+        model = MODELS.build(dict(cfg, norm_cfg=dict(type=advised)))
+    assert model(torch.rand(1, 3, 32, 32))[-1].shape == (1, 64, 1, 1)
+
+
 @pytest.mark.parametrize('type_name', TYPES)
 def test_layer_cfgs_of_the_right_kind_still_build(type_name):
     x = torch.rand(2, 3, 64, 64)  # InstanceNorm needs more than a 1x1 map
@@ -502,6 +518,43 @@ def test_res2conv_refuses_input_of_other_channels():
         with pytest.raises(ValueError, match=r'Res2Conv expects input of '
                            r'shape \(N, 16, H, W\) \(4 splits of 4\)'):
             layer(torch.rand(2, channels, 8, 8))
+
+
+def test_sk_unit_refuses_input_of_other_channels():
+    """torch's conv error named no layer (with split_input, a wider input
+    was cut into wider halves)."""
+    from mmsk.models.layers import SKConv
+    for split_input in (False, True):
+        unit = SKConv(16, 16, split_input=split_input)
+        for channels in (8, 32):
+            with pytest.raises(ValueError, match=r'SKConv expects input of '
+                               r'shape \(N, 16, H, W\), got \(2, '
+                               f'{channels}, 8, 8\\)'):
+                unit(torch.rand(2, channels, 8, 8))
+
+
+def test_blocks_refuse_the_arguments_they_set_themselves():
+    """SK and Res2Net blocks pass conv1_cfg / conv2_cfg to the base block
+    themselves: given too, they ended in 'got multiple values for keyword
+    argument' (the backbones' check took them for block options)."""
+    from mmsk.models.backbones.res2net import Res2Bottleneck
+    from mmsk.models.backbones.sknet import SKBasicBlock, SKBottleneck
+    for build, key, hint in [
+            (lambda **kw: SKBottleneck(64, 64, **kw), 'conv2_cfg', 'sk_cfg'),
+            (lambda **kw: SKBasicBlock(16, 16, **kw), 'conv1_cfg', 'sk_cfg'),
+            (lambda **kw: Res2Bottleneck(64, 64, **kw), 'conv2_cfg',
+             'scales')]:
+        with pytest.raises(TypeError, match=f"sets '{key}' .*pass {hint}"):
+            build(**{key: {}})
+    for cfg, key, hint in [
+            (dict(type='SKNet', depth=50), 'conv2_cfg', 'sk_cfg'),
+            (dict(type='SKNet', depth=18, sk_form='timm'), 'conv1_cfg',
+             'sk_cfg'),
+            (dict(type='MultiScaleResNet', depth=50), 'conv2_cfg',
+             'scales')]:
+        with pytest.raises(TypeError, match=f"got unknown option '{key}' "
+                           f'.*pass {hint}'):
+            build_backbone(dict(cfg, **{key: {}}))
 
 
 def test_options_that_would_be_ignored_are_refused():

@@ -309,8 +309,9 @@ def _kind_checker(kind: str, example: str) -> Checker:
                 raise ValueError(
                     f'{name} {value!r}: torch\'s LayerNorm normalises the '
                     f'last dimension, the width of an (N, C, H, W) map, not '
-                    f'its channels; use dict(type="LN2d") (mmpretrain\'s '
-                    f'channels-first LayerNorm2d) or GN')
+                    f'its channels; use dict(type="mmpretrain.LN2d") '
+                    f'(mmpretrain\'s channels-first LayerNorm2d, found from '
+                    f'any scope) or GN')
         return value
 
     return check

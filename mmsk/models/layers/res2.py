@@ -64,6 +64,12 @@ class Res2Conv(Deployable, BaseModule):
         if channels % scales:
             raise ValueError(f'{type(self).__name__}: channels ({channels}) '
                              f'must be divisible by scales ({scales})')
+        if stride > 1 and not stage_first:
+            raise ValueError(
+                f'{type(self).__name__}: stride={stride} needs '
+                f'stage_first=True (the hierarchy adds each split to the '
+                f'previous output, which a strided conv has made smaller; '
+                f'the first block of a stage drops the hierarchy)')
         self.scales = scales
         self.width = channels // scales
         if self.width % groups:

@@ -21,9 +21,10 @@ from mmengine.model import BaseModule, ModuleList
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from mmsk.registry import register_model
-from mmsk.utils import (check_act_cfg, check_bool, check_conv_cfg,
-                        check_non_negative_int, check_norm_cfg, check_option,
-                        check_options, check_positive_int,
+from mmsk.utils import (check_act_cfg, check_bool, check_channels,
+                        check_conv_cfg, check_non_negative_int,
+                        check_norm_cfg, check_option, check_options,
+                        check_positive_int,
                         check_positive_number, instance_of, one_of, optional,
                         registered_class)
 from ..deploy import Deployable
@@ -263,6 +264,7 @@ class SKConv(Deployable, BaseModule):
 
     def branch_outputs(self, x: torch.Tensor) -> list:
         """The outputs ``U_1 .. U_M`` of the branches (split step)."""
+        check_channels(self, x, self.in_channels)
         if self.split_input:
             # indexed, not zipped: symbolic tracing cannot iterate a split
             chunks = torch.chunk(x, self.num_paths, dim=1)
