@@ -87,16 +87,23 @@ def test_a_subset_holds_every_class(split, n):
     (dict(indices=[3, 7, 3]), r'indices lists an image twice \(3 twice\)'),
     (dict(indices=[3499, -1]),
      r'indices lists an image twice \(3499 and -1, the same one of 3500\)'),
-    (dict(indices='10'), 'indices must be a list/tuple'),
-    (dict(indices=True), 'indices must be a list/tuple'),
+    (dict(indices='10'), r'indices must be an int in \[1, 3500\] \(the '
+     r'first N images\) or a list/tuple of positions, got \'10\''),
+    (dict(indices=True), 'indices must be an int .* or a list/tuple'),
+    (dict(indices=1.5), 'indices must be an int .* or a list/tuple'),
     (dict(test_mode='yes'), 'test_mode must be a bool'),
     (dict(data_root='/data/mnist'), "data_root='/data/mnist' is not used"),
     (dict(data_prefix=dict(img_path='imgs')), 'data_prefix=.* is not used'),
-    (dict(metainfo=dict(classes=['a', 'b'])), 'metainfo classes must name'),
+    (dict(metainfo=dict(classes=['a', 'b'])),
+     'metainfo classes must be a list naming the 10 digits, got 2'),
+    (dict(metainfo=dict(classes='abcdefghij')),
+     'metainfo classes must be a list naming the 10 digits, got str'),
 ])
 def test_bad_options_are_named(options, pattern):
     from mmsk.datasets import MNIST5k
     with pytest.raises(ValueError, match=f'MNIST5k: {pattern}'):
         MNIST5k(**options)
-    # what mmengine passes by default still builds
+    # what mmengine passes by default still builds, and so do mmpretrain's
+    # default ann_file and a numpy int (both failed inside mmengine)
     MNIST5k(data_prefix=dict(img_path=''), data_root='', indices=[0, -1])
+    assert len(MNIST5k(ann_file='', indices=np.int64(20))) == 20

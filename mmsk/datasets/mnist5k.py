@@ -103,6 +103,11 @@ def _check_options(split: str, kwargs: dict) -> None:
     if indices is not None:
         if is_int(indices):
             check_option('MNIST5k', 'indices', indices, int_in(1, size))
+        elif not isinstance(indices, (list, tuple)):
+            raise ValueError(
+                f'MNIST5k: indices must be an int in [1, {size}] (the first '
+                f'N images) or a list/tuple of positions, got '
+                f'{indices!r}')
         else:
             check_option('MNIST5k', 'indices', indices, seq_of(int_in(
                 -size, size - 1)))
@@ -120,9 +125,12 @@ def _check_options(split: str, kwargs: dict) -> None:
                         f'a subset takes each image once')
                 seen[position] = i
     classes = (kwargs.get('metainfo') or {}).get('classes')
-    if classes is not None and len(classes) != 10:
-        raise ValueError(f'MNIST5k: metainfo classes must name the 10 '
-                         f'digits, got {len(classes)}: {classes!r}')
+    if classes is not None and (not isinstance(classes, (list, tuple))
+                                or len(classes) != 10):
+        got = len(classes) if isinstance(classes, (list, tuple)) else \
+            type(classes).__name__
+        raise ValueError(f'MNIST5k: metainfo classes must be a list naming '
+                         f'the 10 digits, got {got}: {classes!r}')
 
 
 @register_dataset
@@ -150,6 +158,9 @@ class MNIST5k(BaseDataset):
         self.split = check_choice('MNIST5k: split', split, SPLITS)
         kwargs.setdefault('test_mode', split != 'train')
         _check_options(split, kwargs)
+        kwargs.pop('ann_file', None)  # '' (mmpretrain's default) is fine
+        if is_int(kwargs.get('indices')):
+            kwargs['indices'] = int(kwargs['indices'])  # numpy ints too
         super().__init__(ann_file='', **kwargs)
 
     def load_data_list(self) -> List[dict]:
