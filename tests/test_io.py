@@ -52,6 +52,42 @@ def test_atomic_output_keeps_the_old_file_on_failure(tmp_path):
     assert oct(os.stat(text).st_mode & 0o777) != oct(0o600)
 
 
+SIGTERM_WRITER = """
+import sys, time
+from mmsk.utils.io import atomic_output
+with atomic_output(sys.argv[1]) as tmp:
+    with open(tmp, 'w') as f:
+        f.write('half a file')
+    print(tmp, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_sigterm_while_writing_leaves_no_temporary_file(tmp_path):
+    """kill (SIGTERM) ended a tool at once, and its hidden temporary file
+    (an ONNX export, a checkpoint being saved) stayed in the folder."""
+    import signal
+    import subprocess
+    import sys
+    out = tmp_path / 'out.txt'
+    out.write_text('the old file')
+    proc = subprocess.Popen(
+        [sys.executable, '-c', SIGTERM_WRITER, str(out)], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        tmp = proc.stdout.readline().strip()
+        assert tmp and os.path.exists(tmp), proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert out.read_text() == 'the old file'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out.txt']
+    # outside a write SIGTERM keeps its default action
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 @pytest.fixture(scope='module')
 def timm_weights(tmp_path_factory):
     timm = pytest.importorskip('timm')

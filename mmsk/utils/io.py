@@ -126,7 +126,9 @@ def atomic_output(path: PathLike,
     The temporary file is in the same folder (so the rename is atomic) and
     keeps the extension (writers that pick a format by extension work). It
     is flushed to disk before the rename; the rename is followed by an
-    fsync of the folder. :func:`check_output_path` runs first.
+    fsync of the folder. :func:`check_output_path` runs first. A SIGTERM
+    while the block runs removes the temporary file too
+    (:func:`_terminate_as_exit`).
     """
     path = check_output_path(path, inputs, make_dirs)
     folder = osp.dirname(osp.abspath(path))
@@ -139,12 +141,38 @@ def atomic_output(path: PathLike,
             f'cannot write in {folder!r}: {e.strerror or e}') from e
     os.close(fd)
     try:
-        yield tmp
-        commit_file(tmp, path, mode=_default_mode())
+        with _terminate_as_exit():
+            yield tmp
+            commit_file(tmp, path, mode=_default_mode())
     except BaseException:
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """While a file is written, SIGTERM (``kill``, a job scheduler, torchrun
+    stopping its workers) ends the process through ``SystemExit`` (exit
+    code 143, as the shell reports a SIGTERM death), so the temporary file
+    is removed; SIGTERM's default action ends the process at once and left
+    it behind. Only in the main thread, and only where SIGTERM has no
+    handler of its own."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def exit_on_sigterm(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def commit_file(tmp: str, path: str, mode: Optional[int] = None):
