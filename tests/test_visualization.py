@@ -541,6 +541,30 @@ def test_images_of_another_channel_count_are_refused():
         (1, 3, 28, 28)
 
 
+def test_images_with_alpha_read_as_their_colours(tmp_path):
+    """A PNG with an alpha channel was refused ('expects 3-channel
+    images, got 4'); mmpretrain's loader drops the alpha: the same
+    colours as the image saved without it."""
+    import cv2
+    import numpy as np
+
+    from mmsk.visualization.inputs import load_images
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (12, 10, 1), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / 'rgb.png'), bgr)
+    cv2.imwrite(str(tmp_path / 'rgba.png'), np.concatenate([bgr, alpha], -1))
+    rgb, rgba = load_images([str(tmp_path / 'rgb.png'),
+                             str(tmp_path / 'rgba.png')]).images
+    assert rgba.shape == (12, 10, 3)
+    np.testing.assert_array_equal(rgba, rgb)
+    # mmpretrain's LoadImageFromFile reads the two the same way
+    from mmpretrain.datasets.transforms import LoadImageFromFile
+    for name in ('rgb.png', 'rgba.png'):
+        loaded = LoadImageFromFile()(dict(img_path=str(tmp_path / name)))
+        np.testing.assert_array_equal(loaded['img'], rgb)
+
+
 def test_module_cli_runs_the_tool_it_names(tmp_path, capsys):
     """``python -m mmsk.visualization.cli`` did nothing and exited 0: it
     now runs the tool named first and refuses anything else."""

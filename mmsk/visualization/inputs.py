@@ -121,13 +121,29 @@ def to_8bit_range(img: np.ndarray, path: str = 'image') -> np.ndarray:
                      f'image (uint8 or uint16)')
 
 
+def drop_alpha(img: np.ndarray) -> np.ndarray:
+    """A 4-channel image (PNG, TIFF with transparency; OpenCV reads it
+    ``unchanged`` as BGRA) as its 3 colour channels, in the order of the
+    3-channel images (BGR, which the data preprocessor's ``to_rgb``
+    turns), as mmpretrain's ``LoadImageFromFile`` reads it; other images as
+    they are.
+
+    >>> drop_alpha(np.array([[[1, 2, 3, 255]]], np.uint8)).tolist()
+    [[[1, 2, 3]]]
+    """
+    if img.ndim == 3 and img.shape[-1] == 4:
+        return np.ascontiguousarray(img[..., :3])
+    return img
+
+
 def load_images(paths: Sequence[str],
                 max_images: Optional[int] = None,
                 flag: str = 'unchanged') -> ImageSet:
     """Read image files and folders (see the module doc for labels).
 
     Labels are set only when every image lies in a class sub-folder.
-    16-bit images are scaled to the 0-255 scale (:func:`to_8bit_range`).
+    16-bit images are scaled to the 0-255 scale (:func:`to_8bit_range`);
+    the alpha channel of 4-channel images is dropped (:func:`drop_alpha`).
     """
     import mmcv
     if not paths:
@@ -153,7 +169,7 @@ def load_images(paths: Sequence[str],
         img = mmcv.imread(path, flag=flag, channel_order='rgb')
         if img is None:
             raise ValueError(f'cannot read image {path}')
-        images.append(to_8bit_range(img, path))
+        images.append(to_8bit_range(drop_alpha(img), path))
     labels = classes = None
     if all(label is not None for _, label in entries):
         classes = sorted({label for _, label in entries})
