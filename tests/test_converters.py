@@ -192,3 +192,27 @@ def test_timm_models_left_out_say_why(name, message):
     with pytest.raises(KeyError, match=f"timm model '{name}' is not "
                        f'supported.*{message}'):
         convert_checkpoint(name, 'x', 'y')
+
+
+def test_keys_of_a_wrapped_or_compiled_model_convert(tmp_path):
+    """A state dict saved from a DDP-wrapped, compiled model (keys
+    'module._orig_mod.conv1.weight', ...) was refused as the wrong model;
+    the prefixes are stripped when every key has them."""
+    import timm
+
+    from mmsk.converters import convert_checkpoint
+    from mmsk.converters.timm import strip_wrapper_prefixes
+    torch.manual_seed(0)
+    ref = randomize_bn(timm.create_model('skresnet18', num_classes=10)).eval()
+    src, dst = tmp_path / 'wrapped.pth', tmp_path / 'mmsk.pth'
+    torch.save({f'module._orig_mod.{k}': v
+                for k, v in ref.state_dict().items()}, src)
+    model = convert_and_rebuild('timm_to_mmsk.py', convert_checkpoint,
+                                'skresnet18', src, dst)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, mode='tensor'), ref(x),
+                                   atol=1e-4, rtol=1e-4)
+    # a prefix that only some keys have is a key of the model: kept
+    mixed = {'module.a': 1, 'b': 2}
+    assert strip_wrapper_prefixes(mixed) == mixed

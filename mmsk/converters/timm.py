@@ -298,11 +298,33 @@ def _unwrap(checkpoint) -> dict:
     return checkpoint
 
 
+#: key prefixes of wrapped models: DistributedDataParallel / DataParallel
+#: (``module.``) and ``torch.compile`` (``_orig_mod.``)
+WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+
+
+def strip_wrapper_prefixes(state_dict: dict) -> dict:
+    """``state_dict`` without the prefixes that a DDP-wrapped or compiled
+    model puts on every key (each stripped only when every key has it)."""
+    stripped = True
+    while stripped and state_dict:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(isinstance(k, str) and k.startswith(prefix)
+                   for k in state_dict):
+                state_dict = {k[len(prefix):]: v
+                              for k, v in state_dict.items()}
+                stripped = True
+    return state_dict
+
+
 def read_state_dict(src: str, classifier: str) -> dict:
     """The state dict in the checkpoint ``src`` (bare, or under
     ``state_dict`` / ``model`` / ``state_dict_ema``; read with
-    ``weights_only=True``; or a safetensors file, as timm downloads): a
-    non-empty dict of tensors, whose classifier
+    ``weights_only=True``; or a safetensors file, as timm downloads; the
+    keys of a DDP-wrapped or compiled model stripped of their prefixes,
+    :func:`strip_wrapper_prefixes`): a non-empty dict of tensors, whose
+    classifier
     weight ``classifier`` (if any) is a matrix."""
     import torch
     if osp.isfile(src) and is_safetensors_file(src):
@@ -311,6 +333,7 @@ def read_state_dict(src: str, classifier: str) -> dict:
         state_dict = _unwrap(load_local_checkpoint(src, map_location='cpu'))
     if not isinstance(state_dict, dict) or not state_dict:
         raise ValueError(f'{src} holds no state dict')
+    state_dict = strip_wrapper_prefixes(state_dict)
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             raise ValueError(f'{src}: {key!r} holds a value of type '
