@@ -112,10 +112,11 @@ def number_in(low: Optional[float] = None,
         too_high = high is not None and (value >= high if high_open else
                                          value > high)
         if too_low or too_high:
-            lo = '-inf' if low is None else low
-            hi = 'inf' if high is None else high
-            raise ValueError(f'{name} must be a number in {lo_bracket}{lo}, '
-                             f'{hi}{hi_bracket}, got {value!r}')
+            # an open end: finite numbers only, so no closed bracket there
+            lo = f'{lo_bracket}{low}' if low is not None else '(-inf'
+            hi = f'{high}{hi_bracket}' if high is not None else 'inf)'
+            raise ValueError(f'{name} must be a number in {lo}, {hi}, got '
+                             f'{value!r}')
         return value
 
     return check
