@@ -202,5 +202,6 @@ def test_torchscript_scripting_fails_inside_mmcv():
     """Documented limitation (docs/deploy.md): mmcv's ConvModule does not
     script; if this starts passing, scripting can join the matrix."""
     from mmcv.cnn import ConvModule
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError,
+                       match="getattr's second argument must be a string"):
         torch.jit.script(ConvModule(3, 8, 3, norm_cfg=dict(type='BN')))
