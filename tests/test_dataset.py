@@ -88,16 +88,20 @@ def test_a_subset_holds_every_class(split, n):
     (dict(indices=[3499, -1]),
      r'indices lists an image twice \(3499 and -1, the same one of 3500\)'),
     (dict(indices='10'), r'indices must be an int in \[1, 3500\] \(the '
-     r'first N images\) or a list/tuple of positions, got \'10\''),
+     r'first N images\) or a list/tuple/range of positions, got \'10\''),
     (dict(indices=True), 'indices must be an int .* or a list/tuple'),
     (dict(indices=1.5), 'indices must be an int .* or a list/tuple'),
     (dict(test_mode='yes'), 'test_mode must be a bool'),
     (dict(data_root='/data/mnist'), "data_root='/data/mnist' is not used"),
     (dict(data_prefix=dict(img_path='imgs')), 'data_prefix=.* is not used'),
     (dict(metainfo=dict(classes=['a', 'b'])),
-     'metainfo classes must be a list naming the 10 digits, got 2'),
-    (dict(metainfo=dict(classes='abcdefghij')),
-     'metainfo classes must be a list naming the 10 digits, got str'),
+     r'metainfo classes must name the 10 digits \(a list, or a file of '
+     r'names\), got 2'),
+    (dict(metainfo=dict(classes=7)), 'metainfo classes must name the 10 '
+     'digits .*got int'),
+    (dict(metainfo=dict(classes='/no/such/classes.txt')),
+     "metainfo classes '/no/such/classes.txt' is read as a file of class "
+     'names'),
 ])
 def test_bad_options_are_named(options, pattern):
     from mmsk.datasets import MNIST5k
@@ -107,3 +111,17 @@ def test_bad_options_are_named(options, pattern):
     # default ann_file and a numpy int (both failed inside mmengine)
     MNIST5k(data_prefix=dict(img_path=''), data_root='', indices=[0, -1])
     assert len(MNIST5k(ann_file='', indices=np.int64(20))) == 20
+    assert len(MNIST5k(indices=range(5))) == 5
+
+
+def test_classes_from_a_file(tmp_path):
+    """mmengine's metainfo classes may name a file, one class a line."""
+    from mmsk.datasets import MNIST5k
+    names = [f'digit {i}' for i in range(10)]
+    path = tmp_path / 'classes.txt'
+    path.write_text('\n'.join(names) + '\n')
+    assert MNIST5k(split='val', metainfo=dict(classes=str(path))) \
+        .metainfo['classes'] == names
+    path.write_text('\n'.join(names[:9]) + '\n')
+    with pytest.raises(ValueError, match='must name the 10 digits .*got 9'):
+        MNIST5k(split='val', metainfo=dict(classes=str(path)))

@@ -53,8 +53,13 @@ def test_atomic_output_keeps_the_old_file_on_failure(tmp_path):
 
 
 SIGTERM_WRITER = """
-import sys, time
+import signal, sys, time
 from mmsk.utils.io import atomic_output
+# outside a write SIGTERM keeps its action, before and after
+assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+with atomic_output(sys.argv[1] + '.first') as tmp:
+    open(tmp, 'w').write('whole')
+assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 with atomic_output(sys.argv[1]) as tmp:
     with open(tmp, 'w') as f:
         f.write('half a file')
@@ -83,9 +88,8 @@ def test_a_sigterm_while_writing_leaves_no_temporary_file(tmp_path):
         proc.kill()
         proc.communicate()
     assert out.read_text() == 'the old file'
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['out.txt']
-    # outside a write SIGTERM keeps its default action
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        'out.txt', 'out.txt.first']
 
 
 @pytest.fixture(scope='module')

@@ -170,14 +170,26 @@ def test_verification_is_not_blinded_by_a_nan(tmp_path):
     with torch.no_grad():
         bias = model.head.fc.bias
         kept = bias.clone()
-        bias[0] = float('nan')  # the file gives NaN in logit 0
-        export_onnx(model, out, SHAPE, exporter='torchscript')
-        with pytest.raises(ValueError, match="1 of PyTorch's 10 output "
-                           'values on the input input are not finite'):
-            verify_onnx(model, out, x)
-        bias.copy_(kept)
-        # the other logits agree; logit 0 is NaN in the file only
-        assert verify_onnx(model, out, x)['input'] == float('inf')
+        for bad in (float('nan'), float('inf')):
+            bias[0] = bad  # the file gives NaN (inf) in logit 0
+            export_onnx(model, out, SHAPE, exporter='torchscript')
+            with pytest.raises(ValueError, match="1 of PyTorch's 10 output "
+                               "values on the 'input' input are not "
+                               'finite'):
+                verify_onnx(model, out, x)
+            bias.copy_(kept)
+            # the other logits agree; logit 0 is NaN (inf) in the file only
+            assert verify_onnx(model, out, x)['input'] == float('inf')
+    # the tool refuses such a checkpoint before it writes a file
+    from mmsk.deploy.cli import pytorch2onnx
+    with torch.no_grad():
+        model.head.fc.bias[0] = float('nan')
+    ckpt = tmp_path / 'nan.pth'
+    torch.save(dict(state_dict=model.state_dict()), ckpt)
+    with pytest.raises(ValueError, match='the export cannot be checked'):
+        pytorch2onnx(cfg, str(ckpt), SHAPE, out=str(tmp_path / 'tool.onnx'),
+                     exporter='torchscript', log=lambda _: None)
+    assert not (tmp_path / 'tool.onnx').exists()
 
 
 @pytest.mark.parametrize('case', ['sknet18-paper', 'sk-mobilenet-v2'])

@@ -219,7 +219,8 @@ _LEFT_OUT = [
      "the old SENet port's layout (layer0, se_module); mmsk converts the "
      "modern layout: seresnet*/seresnext*"),
     (r'^nf_', 'a normalizer-free network (no BatchNorm)'),
-    (r'^dla', 'a DLA network with Res2Net blocks, not a ResNet layout'),
+    (r'^dla', 'a DLA network (some with Res2Net blocks), not a ResNet '
+     'layout'),
 ]
 
 
@@ -237,12 +238,13 @@ def _entry(model_name: str) -> dict:
     model_name = timm_base_name(model_name)
     if model_name not in TIMM_MODELS:
         for pattern, reason in _LEFT_OUT:
-            if isinstance(model_name, str) and re.match(pattern, model_name):
+            if isinstance(model_name, str) and re.match(pattern,
+                                                        model_name):
                 raise KeyError(f'timm model {model_name!r} is not supported: '
                                f'it is {reason}')
         import difflib
-        close = difflib.get_close_matches(str(model_name), TIMM_MODELS,
-                                          n=3, cutoff=0.6)
+        base = str(model_name).split('.', 1)[0]  # without a pretrained tag
+        close = difflib.get_close_matches(base, TIMM_MODELS, n=3, cutoff=0.6)
         hint = f'did you mean {", ".join(close)}? ' if close else ''
         raise KeyError(f'timm model {model_name!r} is not supported; '
                        f'{hint}tools/model_converters/timm_to_mmsk.py '

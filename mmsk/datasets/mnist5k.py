@@ -26,7 +26,7 @@ from mmpretrain.datasets.categories import MNIST_CATEGORITES
 from mmsk.registry import register_dataset
 from mmsk.utils import (check_bool, check_choice, check_option, int_in,
                         seq_of)
-from mmsk.utils.validation import is_int
+from mmsk.utils.validation import OptionTypeError, is_int
 
 #: Images per class in each split (10 classes of 500 digits).
 PER_CLASS = dict(train=350, val=50, test=100)
@@ -103,10 +103,10 @@ def _check_options(split: str, kwargs: dict) -> None:
     if indices is not None:
         if is_int(indices):
             check_option('MNIST5k', 'indices', indices, int_in(1, size))
-        elif not isinstance(indices, (list, tuple)):
-            raise ValueError(
+        elif not isinstance(indices, (list, tuple, range)):
+            raise OptionTypeError(
                 f'MNIST5k: indices must be an int in [1, {size}] (the first '
-                f'N images) or a list/tuple of positions, got '
+                f'N images) or a list/tuple/range of positions, got '
                 f'{indices!r}')
         else:
             check_option('MNIST5k', 'indices', indices, seq_of(int_in(
@@ -125,12 +125,21 @@ def _check_options(split: str, kwargs: dict) -> None:
                         f'a subset takes each image once')
                 seen[position] = i
     classes = (kwargs.get('metainfo') or {}).get('classes')
+    if isinstance(classes, str):
+        # a file of class names, one a line (mmengine's convention)
+        from mmengine.fileio import list_from_file
+        try:
+            classes = list_from_file(classes)
+        except OSError as e:
+            raise ValueError(f'MNIST5k: metainfo classes {classes!r} is '
+                             f'read as a file of class names: {e}') from e
     if classes is not None and (not isinstance(classes, (list, tuple))
                                 or len(classes) != 10):
         got = len(classes) if isinstance(classes, (list, tuple)) else \
             type(classes).__name__
-        raise ValueError(f'MNIST5k: metainfo classes must be a list naming '
-                         f'the 10 digits, got {got}: {classes!r}')
+        raise ValueError(f'MNIST5k: metainfo classes must name the 10 '
+                         f'digits (a list, or a file of names), got {got}: '
+                         f'{classes!r}')
 
 
 @register_dataset

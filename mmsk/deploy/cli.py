@@ -22,9 +22,10 @@ from mmsk.engine.loading import CheckpointMismatchError
 from mmsk.utils import check_positive_number, error_message
 from mmsk.utils.io import atomic_save, check_output_path, read_config
 
-from .onnx import (DEFAULT_OPSETS, TOLERANCE, build_classifier, check_inputs,
-                   check_opset, check_shape, export_onnx,
-                   load_checkpoint_strict, verify_onnx)
+from .onnx import (DEFAULT_OPSETS, TOLERANCE, build_classifier,
+                   check_finite_outputs, check_inputs, check_opset,
+                   check_shape, export_onnx, load_checkpoint_strict,
+                   verify_onnx)
 
 #: What the tools turn into ``error: ...`` and exit code 1 (a config that is
 #: not Python is a ValueError of :func:`mmsk.utils.io.read_config`).
@@ -74,11 +75,11 @@ def pytorch2onnx(config,
         f'({"deploy" if deploy else "plain"} mode, {exporter} exporter, opset '
         f'{opset or DEFAULT_OPSETS.get(exporter)}, '
         f'{"dynamic" if dynamic else "static"} shape) to {out}')
+    checks = check_inputs(model, shape, dynamic=dynamic)
+    check_finite_outputs(model, checks, features=features)
     export_onnx(model, out, shape, dynamic=dynamic, features=features,
                 exporter=exporter, opset=opset, inputs=inputs)
-    diffs = verify_onnx(model, out,
-                        check_inputs(model, shape, dynamic=dynamic),
-                        features=features)
+    diffs = verify_onnx(model, out, checks, features=features)
     for key, diff in diffs.items():
         log(f'  onnxruntime vs PyTorch, {key} input: max abs diff {diff:.3g}')
     return dict(out=out, diffs=diffs, max_diff=max(diffs.values()))

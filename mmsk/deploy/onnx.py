@@ -299,6 +299,32 @@ def check_inputs(model: nn.Module,
     return inputs
 
 
+def _check_finite(output: torch.Tensor, key: str, consequence: str):
+    bad = int((~torch.isfinite(output)).sum())
+    if bad:
+        raise ValueError(
+            f'{bad} of PyTorch\'s {output.numel()} output values on the '
+            f'{key!r} input are not finite (NaN or inf): the checkpoint '
+            f'holds non-finite weights or statistics, so {consequence}')
+
+
+def check_finite_outputs(model: nn.Module,
+                         inputs: Union[torch.Tensor, Dict[str, torch.Tensor]],
+                         features: bool = False):
+    """Raise ``ValueError`` when PyTorch's outputs on ``inputs`` are not
+    finite: :func:`verify_onnx` could not check an exported file against
+    them (run before the export, so that no such file is written)."""
+    if isinstance(inputs, torch.Tensor):
+        inputs = {'input': inputs}
+    module = ExportModule(model, features).eval()
+    for key, x in inputs.items():
+        with torch.no_grad():
+            outputs = module(x)
+        for output in ((outputs, ) if isinstance(outputs, torch.Tensor)
+                       else outputs):
+            _check_finite(output, key, 'the export cannot be checked')
+
+
 def verify_onnx(model: nn.Module,
                 onnx_file: str,
                 inputs: Union[torch.Tensor, Dict[str, torch.Tensor]],
@@ -330,17 +356,11 @@ def verify_onnx(model: nn.Module,
                 raise AssertionError(f'{onnx_file}: output shape {g.shape} '
                                      f'!= PyTorch {tuple(e.shape)} on the '
                                      f'{key} input')
-            bad = int((~torch.isfinite(e)).sum())
-            if bad:
-                # max() skips a NaN: one of them hid every real difference
-                raise ValueError(
-                    f'{bad} of PyTorch\'s {e.numel()} output values on the '
-                    f'{key} input are not finite (NaN or inf): the checkpoint '
-                    f'holds non-finite weights or statistics, so '
-                    f'{onnx_file} cannot be checked against it')
-            g = torch.from_numpy(g)
-            # onnxruntime's NaN or inf where PyTorch has a number: inf
-            diff = max(diff, torch.nan_to_num(
-                (g - e).abs(), nan=float('inf')).max().item())
+            _check_finite(e, key, f'{onnx_file} cannot be checked')
+            # onnxruntime's NaN or inf where PyTorch has a number: inf (max()
+            # skips a NaN: one of them hid every real difference)
+            d = (torch.from_numpy(g) - e).abs()
+            d = torch.where(torch.isfinite(d), d, float('inf'))
+            diff = max(diff, d.max().item())
         diffs[key] = diff
     return diffs

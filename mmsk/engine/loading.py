@@ -84,7 +84,8 @@ def mis_typed_keys(model, state_dict: Dict) -> List[Tuple[str, str]]:
     return [(key, f'{type(state_dict[key]).__module__}.'
                   f'{type(state_dict[key]).__qualname__}')
             for key in sorted(set(expected) & set(state_dict))
-            if not isinstance(state_dict[key], torch.Tensor)]
+            if isinstance(expected[key], torch.Tensor)
+            and not isinstance(state_dict[key], torch.Tensor)]
 
 
 def _names(keys: List[str]) -> str:

@@ -168,11 +168,15 @@ def _terminate_as_exit() -> Iterator[None]:
     def exit_on_sigterm(signum, frame):
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    # a process forked inside the block inherits the handler (it removes
+    # no file of its own, and exits on SIGTERM all the same)
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # a handler that the block installed itself stays
+        if signal.getsignal(signal.SIGTERM) is exit_on_sigterm:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def commit_file(tmp: str, path: str, mode: Optional[int] = None):

@@ -3,8 +3,11 @@
     python tools/model_converters/timm_to_mmsk.py TIMM_NAME SRC DST
     python tools/model_converters/timm_to_mmsk.py --list
 
-SRC is a timm state dict (``torch.save(model.state_dict(), SRC)``, or a
-checkpoint with ``state_dict``/``model``), read with ``weights_only=True``.
+TIMM_NAME may carry timm's pretrained tag (``skresnet18.ra_in1k``). SRC is
+a timm state dict (``torch.save(model.state_dict(), SRC)``, or a checkpoint
+with ``state_dict``/``model``), read with ``weights_only=True``, or the
+``.safetensors`` file that timm downloads; keys of a DDP-wrapped or compiled
+model (``module.``, ``_orig_mod.``) are taken without the prefix.
 DST is an mmengine checkpoint whose ``meta['cfg']`` holds the classifier
 config as text:
 

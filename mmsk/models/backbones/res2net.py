@@ -39,6 +39,7 @@ class Res2Bottleneck(Bottleneck):
 
     #: base-block arguments this block sets itself (-> what to pass)
     sets_itself = dict(conv2_cfg='the Res2Net split is conv2: pass scales')
+    width_option = 'base_width'
 
     def __init__(self,
                  *args,

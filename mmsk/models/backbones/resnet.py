@@ -365,6 +365,8 @@ class Bottleneck(_ResidualBlock):
     """
 
     expansion = 4
+    #: the option that sets the width per group (named in errors)
+    width_option = 'width_per_group'
 
     @staticmethod
     def middle_width(planes: int, width_per_group: int, base_channels: int,
@@ -427,8 +429,9 @@ class Bottleneck(_ResidualBlock):
                                               conv2_cfg or {})
         if self.mid_channels < 1:
             raise ValueError(
-                f'width_per_group={width_per_group} with base_channels='
-                f'{base_channels} leaves no middle channels')
+                f'{type(self).__name__}: {self.width_option}='
+                f'{width_per_group} with base_channels={base_channels} '
+                f'leaves no middle channels at {planes} planes')
         if channels_per_group is not None:
             if self.mid_channels % channels_per_group:
                 raise ValueError(
