@@ -52,7 +52,8 @@ def test_main_job_with_the_hook_reaches_the_same_result(trained_work_dir,
         assert value.is_contiguous(), key
         torch.testing.assert_close(value, plain['state_dict'][key],
                                    rtol=1e-4, atol=1e-4, msg=key)
-    assert val_top1(tmp_path) == val_top1(trained_work_dir)
+    assert val_top1(tmp_path) == val_top1(trained_work_dir) and \
+        val_top1(tmp_path)
 
     # the checkpoint loads into the plain config's model (no hook)
     from mmpretrain.apis import init_model

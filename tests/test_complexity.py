@@ -10,7 +10,7 @@ WITH_FLOPS = ['SKNet-50 (paper)', 'Res2Net-50 26w4s']
 
 
 @pytest.mark.parametrize('name', WITH_FLOPS)
-def test_params_and_flops_within_2_percent(name):
+def test_params_and_flops_within_their_tolerance(name):
     from mmsk.utils.complexity import PAPER_FIGURES, complexity, tolerance
     cfg, params, flops, _ = PAPER_FIGURES[name]
     got = complexity(cfg)
