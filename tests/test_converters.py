@@ -151,25 +151,34 @@ def test_res2net_middle_width_of_any_stage_width(groups, base_width, scales):
                                    atol=1e-4, rtol=1e-4)
 
 
-def test_timm_safetensors_weights_and_tagged_names(tmp_path):
-    """timm downloads safetensors files and names weights with a tag
-    (skresnet18.ra_in1k): both were refused ('corrupt', 'not supported');
-    a safetensors file handed to the checkpoint loader names the format."""
+def _skresnet18_round_trip(tmp_path, name, src, save):
+    """timm's skresnet18 (10 classes, random norm statistics) saved with
+    ``save(state_dict, src)``, converted as timm model ``name`` and
+    rebuilt: the mmsk classifier gives timm's logits."""
     import timm
-    from safetensors.torch import save_file
 
-    from mmsk.checkpoint import CorruptCheckpointError, load_local_checkpoint
     from mmsk.converters import convert_checkpoint
     torch.manual_seed(0)
     ref = randomize_bn(timm.create_model('skresnet18', num_classes=10)).eval()
-    src, dst = tmp_path / 'model.safetensors', tmp_path / 'mmsk.pth'
-    save_file(ref.state_dict(), src)
-    model = convert_and_rebuild('timm_to_mmsk.py', convert_checkpoint,
-                                'skresnet18.ra_in1k', src, dst)
+    save(ref.state_dict(), src)
+    model = convert_and_rebuild('timm_to_mmsk.py', convert_checkpoint, name,
+                                src, tmp_path / 'mmsk.pth')
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x, mode='tensor'), ref(x),
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_timm_safetensors_weights_and_tagged_names(tmp_path):
+    """timm downloads safetensors files and names weights with a tag
+    (skresnet18.ra_in1k): both were refused ('corrupt', 'not supported');
+    a safetensors file handed to the checkpoint loader names the format."""
+    from safetensors.torch import save_file
+
+    from mmsk.checkpoint import CorruptCheckpointError, load_local_checkpoint
+    from mmsk.converters import convert_checkpoint
+    src = tmp_path / 'model.safetensors'
+    _skresnet18_round_trip(tmp_path, 'skresnet18.ra_in1k', src, save_file)
     with pytest.raises(CorruptCheckpointError,
                        match='it is a safetensors file of weights .*'
                        'timm_to_mmsk.py MODEL'):
@@ -199,21 +208,14 @@ def test_keys_of_a_wrapped_or_compiled_model_convert(tmp_path):
     """A state dict saved from a DDP-wrapped, compiled model (keys
     'module._orig_mod.conv1.weight', ...) was refused as the wrong model;
     the prefixes are stripped when every key has them."""
-    import timm
-
-    from mmsk.converters import convert_checkpoint
     from mmsk.converters.timm import strip_wrapper_prefixes
-    torch.manual_seed(0)
-    ref = randomize_bn(timm.create_model('skresnet18', num_classes=10)).eval()
-    src, dst = tmp_path / 'wrapped.pth', tmp_path / 'mmsk.pth'
-    torch.save({f'module._orig_mod.{k}': v
-                for k, v in ref.state_dict().items()}, src)
-    model = convert_and_rebuild('timm_to_mmsk.py', convert_checkpoint,
-                                'skresnet18', src, dst)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x, mode='tensor'), ref(x),
-                                   atol=1e-4, rtol=1e-4)
+
+    def save_wrapped(state_dict, src):
+        torch.save({f'module._orig_mod.{k}': v
+                    for k, v in state_dict.items()}, src)
+
+    _skresnet18_round_trip(tmp_path, 'skresnet18', tmp_path / 'wrapped.pth',
+                           save_wrapped)
     # a prefix that only some keys have is a key of the model: kept
     mixed = {'module.a': 1, 'b': 2}
     assert strip_wrapper_prefixes(mixed) == mixed

@@ -4,6 +4,8 @@ import os
 import re
 import sys
 
+import pytest
+
 from conftest import MAIN_CONFIG, ROOT, free_port, run_python, train_tool
 
 
@@ -139,7 +141,39 @@ def test_dist_scripts_two_processes_on_cpu(tmp_path):
     assert sorted(int(s['sample_idx']) for s in samples) == list(range(64))
 
 
-def test_train_and_test_tools_report_bad_input_in_one_line(tmp_path):
+# (case, tool arguments, start of the last stderr line); {ckpt}: a corrupt
+# checkpoint, {given}: the folder that holds it, {tmp}: the test's folder
+BAD_INPUT = [
+    ('missing-config', ['train.py', '{tmp}/missing.py'],
+     'error: FileNotFoundError: [Errno 2] No such file or directory: '),
+    ('corrupt-checkpoint', ['test.py', '--work-dir', '{tmp}/wd'],
+     "error: CorruptCheckpointError: Cannot read checkpoint '{ckpt}'"),
+    # a config that is not Python
+    ('broken-config',
+     ['train.py', '{given}/broken.py', '--work-dir', '{tmp}/wd'],
+     'error: SyntaxError: config {given}/broken.py is not valid Python: '),
+    # output paths, checked before any work: --out over an input (it
+    # replaced the checkpoint with the results), a folder, a suffix that
+    # the tool cannot write; a --work-dir that is a file
+    ('out-is-input', ['test.py', '--out', '{ckpt}'],
+     "error: output '{ckpt}' is the input"),
+    ('out-is-folder', ['test.py', '--out', '{given}', '--out-item',
+                       'metrics'],
+     "error: output '{given}' is a folder: give a file name"),
+    ('out-suffix', ['test.py', '--out={given}/m.pth', '--out-item',
+                    'metrics'],
+     "error: --out '{given}/m.pth': --out-item metrics writes .json, "),
+    ('out-new-folder', ['test.py', '--out', '{tmp}/new/preds.json'],
+     "error: --out '"),
+    ('work-dir-is-file', ['test.py', '--work-dir', '{ckpt}'],
+     "error: --work-dir '{ckpt}' is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize('case, args, want', BAD_INPUT,
+                         ids=[case for case, _, _ in BAD_INPUT])
+def test_train_and_test_tools_report_bad_input_in_one_line(tmp_path, case,
+                                                           args, want):
     """A missing config or checkpoint and a corrupt checkpoint ended in a
     traceback; now one ``error:`` line and exit code 1."""
     given = tmp_path / 'in'
@@ -147,35 +181,15 @@ def test_train_and_test_tools_report_bad_input_in_one_line(tmp_path):
     (given / 'corrupt.pth').write_text('not a checkpoint')
     (given / 'broken.py').write_text('model = dict(type=\n')
     ckpt = str(given / 'corrupt.pth')
-    test = [f'{ROOT}/tools/test.py', MAIN_CONFIG, ckpt]
-    for args, want in [
-        ([f'{ROOT}/tools/train.py', str(tmp_path / 'missing.py')],
-         "error: FileNotFoundError: [Errno 2] No such file or directory: "),
-        (test + ['--work-dir', str(tmp_path / 'wd')],
-         f"error: CorruptCheckpointError: Cannot read checkpoint '{ckpt}'"),
-        # a config that is not Python
-        ([f'{ROOT}/tools/train.py', str(given / 'broken.py'), '--work-dir',
-          str(tmp_path / 'wd')],
-         f"error: SyntaxError: config {given / 'broken.py'} is not valid "
-         "Python: "),
-        # output paths, checked before any work: --out over an input (it
-        # replaced the checkpoint with the results), a folder, a suffix
-        # that the tool cannot write; a --work-dir that is a file
-        (test + ['--out', ckpt], f"error: output '{ckpt}' is the input"),
-        (test + ['--out', str(given), '--out-item', 'metrics'],
-         f"error: output '{given}' is a folder: give a file name"),
-        (test + [f'--out={given}/m.pth', '--out-item', 'metrics'],
-         f"error: --out '{given}/m.pth': --out-item metrics writes .json, "),
-        (test + ['--out', str(tmp_path / 'new' / 'preds.json')],
-         "error: --out '"),
-        (test + ['--work-dir', ckpt],
-         f"error: --work-dir '{ckpt}' is a file, not a folder"),
-    ]:
-        proc = run_python(args=args, check=False)
-        assert proc.returncode == 1, proc.stderr[-2000:]
-        assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
-        assert proc.stderr.strip().splitlines()[-1].startswith(want), \
-            proc.stderr[-2000:]
+    names = dict(ckpt=ckpt, given=str(given), tmp=str(tmp_path))
+    tool, *rest = [arg.format(**names) for arg in args]
+    if tool == 'test.py':
+        rest = [MAIN_CONFIG, ckpt] + rest
+    proc = run_python(args=[f'{ROOT}/tools/{tool}', *rest], check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        want.format(**names)), proc.stderr[-2000:]
     # nothing was written or created
     assert (given / 'corrupt.pth').read_text() == 'not a checkpoint'
     assert sorted(p.name for p in given.iterdir()) == [
