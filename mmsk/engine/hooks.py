@@ -19,26 +19,15 @@ def _to_channels_last(inputs):
 def _contiguous(obj):
     """A copy of a (nested) state dict with its tensors contiguous (NCHW);
     the containers are new (of the same types), so a live state (the
-    optimizer's state dict holds its tensors) is not touched."""
+    optimizer's state dict holds its tensors) is not touched. A module
+    state dict's ``_metadata`` (each module's version, which loading
+    passes to ``_load_from_state_dict``) is kept: ``apply_to`` builds the
+    new dict without it."""
     new = apply_to(obj, lambda x: isinstance(x, torch.Tensor),
                    lambda x: x.contiguous())
-    _keep_metadata(obj, new)
+    if hasattr(obj, '_metadata'):
+        new._metadata = obj._metadata
     return new
-
-
-def _keep_metadata(old, new):
-    """Give the new containers the ``_metadata`` of the old ones (a module
-    state dict's record of each module's version, which loading passes to
-    ``_load_from_state_dict``; ``apply_to`` builds plain new dicts)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        if hasattr(old, '_metadata'):
-            new._metadata = old._metadata
-        for key, value in old.items():
-            if key in new:
-                _keep_metadata(value, new[key])
-    elif isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
-        for a, b in zip(old, new):
-            _keep_metadata(a, b)
 
 
 def _optimizers(runner) -> list:

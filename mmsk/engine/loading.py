@@ -59,33 +59,31 @@ def state_dict_mismatch(
     ``model.state_dict()``; ``mis_shaped`` holds ``(key, checkpoint shape,
     model shape)``. BatchNorm's ``num_batches_tracked`` may be missing, as
     MMEngine's loader has it."""
+    return _mismatch(model, state_dict)[:3]
+
+
+def _mismatch(model, state_dict: Dict) -> tuple:
+    """:func:`state_dict_mismatch`'s three lists and ``mis_typed``:
+    ``(key, type name)`` of the checkpoint's values that are not tensors
+    where the model has one (a numpy array or a number in a weight's
+    place, which MMEngine's non-strict loader only logs, leaving that
+    weight random)."""
     state_dict = keys_as_loaded(model, state_dict)
     expected = model.state_dict()
     missing = sorted(k for k in set(expected) - set(state_dict)
                      if not k.endswith('num_batches_tracked'))
     unexpected = sorted(set(state_dict) - set(expected))
-    mis_shaped = []
+    mis_shaped, mis_typed = [], []
     for key in sorted(set(expected) & set(state_dict)):
-        got = state_dict[key].shape \
-            if isinstance(state_dict[key], torch.Tensor) else None
-        if got is not None and tuple(got) != tuple(expected[key].shape):
-            mis_shaped.append(
-                (key, tuple(got), tuple(expected[key].shape)))
-    return missing, unexpected, mis_shaped
-
-
-def mis_typed_keys(model, state_dict: Dict) -> List[Tuple[str, str]]:
-    """``(key, type name)`` of the values of ``state_dict`` that are not
-    tensors, for the model's keys (renamed as :func:`state_dict_mismatch`
-    renames them): a numpy array or a number in a weight's place, which
-    MMEngine's non-strict loader only logs, leaving that weight random."""
-    state_dict = keys_as_loaded(model, state_dict)
-    expected = model.state_dict()
-    return [(key, f'{type(state_dict[key]).__module__}.'
-                  f'{type(state_dict[key]).__qualname__}')
-            for key in sorted(set(expected) & set(state_dict))
-            if isinstance(expected[key], torch.Tensor)
-            and not isinstance(state_dict[key], torch.Tensor)]
+        got, want = state_dict[key], expected[key]
+        if not isinstance(got, torch.Tensor):
+            if isinstance(want, torch.Tensor):
+                kind = type(got)
+                mis_typed.append(
+                    (key, f'{kind.__module__}.{kind.__qualname__}'))
+        elif tuple(got.shape) != tuple(want.shape):
+            mis_shaped.append((key, tuple(got.shape), tuple(want.shape)))
+    return missing, unexpected, mis_shaped, mis_typed
 
 
 def _names(keys: List[str]) -> str:
@@ -107,8 +105,7 @@ def check_checkpoint_fits(model, checkpoint, filename: str = 'checkpoint',
             f'{filename} holds no state dict '
             f'(got {type(state_dict).__name__})')
     state_dict = _revise(dict(state_dict), revise_keys)
-    missing, unexpected, mis_shaped = state_dict_mismatch(model, state_dict)
-    mis_typed = mis_typed_keys(model, state_dict)
+    missing, unexpected, mis_shaped, mis_typed = _mismatch(model, state_dict)
     if not (missing or unexpected or mis_shaped or mis_typed):
         return
     parts = []

@@ -34,13 +34,17 @@ class CannotFoldError(ValueError, NotImplementedError):
     before, a ``NotImplementedError``."""
 
 
-def _check_foldable(module: nn.Module):
-    # mmcv's Conv2d (conv_cfg type 'Conv') is nn.Conv2d plus a path for
-    # empty batches: the same weights, the same maths
+def plain_conv_types() -> tuple:
+    """The conv types whose weights fold: ``nn.Conv2d`` and mmcv's
+    ``Conv2d`` (conv_cfg type 'Conv': nn.Conv2d plus a path for empty
+    batches, the same weights and maths)."""
     from mmcv.cnn.bricks.wrappers import Conv2d as MMCVConv2d
+    return nn.Conv2d, MMCVConv2d
 
+
+def _check_foldable(module: nn.Module):
     from .layers.phase_conv import PhaseConv2d
-    foldable = (nn.Conv2d, MMCVConv2d, PhaseConv2d)
+    foldable = plain_conv_types() + (PhaseConv2d, )
     for name, m in module.named_modules():
         if isinstance(m, nn.Conv2d) and type(m) not in foldable:
             raise CannotFoldError(

@@ -220,10 +220,8 @@ class ChannelAttention(Deployable, BaseModule):
         module before ``switch_to_deploy`` changes anything."""
         if self.num_paths != 2 or self.collapsed:
             return None
-        # mmcv's Conv2d (conv_cfg type 'Conv') is nn.Conv2d plus a path for
-        # empty batches: the same maths
-        from mmcv.cnn.bricks.wrappers import Conv2d as MMCVConv2d
-        if type(self.expand) in (nn.Conv2d, MMCVConv2d):
+        from ..deploy import plain_conv_types
+        if type(self.expand) in plain_conv_types():
             return None
         return (f'{type(self).__name__}: cannot collapse a select conv of '
                 f'type {type(self.expand).__module__}.'
