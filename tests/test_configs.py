@@ -119,3 +119,31 @@ def test_the_resnet_baseline_config_builds_and_runs():
     model = MODELS.build(cfg.model).eval()
     with torch.no_grad():
         assert model(torch.rand(2, 1, 28, 28), mode='tensor').shape == (2, 10)
+
+
+def test_model_index_imports_every_metafile():
+    # model-index.yml at the root, as in mmpretrain: what OpenMMLab's
+    # model-index tools (mim, modelindex) read
+    import yaml
+    from modelindex.load_model_index import load
+    with open(f'{ROOT}/model-index.yml') as f:
+        imports = yaml.safe_load(f)['Import']
+    metafiles = sorted(
+        osp.relpath(path, ROOT)
+        for path in glob.glob(f'{ROOT}/configs/*/metafile.yml'))
+    assert sorted(imports) == metafiles
+    index = load(f'{ROOT}/model-index.yml')
+    index.build_models_with_collections()
+    names = [model.name for model in index.models]
+    assert len(names) == len(set(names)), 'a model name twice'
+    # paths in metafiles are relative to the root (mmpretrain's rule)
+    collections = {c.name: c.readme for c in index.collections}
+    for readme in collections.values():
+        assert osp.isfile(f'{ROOT}/{readme}'), readme
+    for model in index.models:
+        assert osp.isfile(f'{ROOT}/{model.config}'), model.name
+        assert model.in_collection in collections, model.name
+    configs = sorted(osp.relpath(path, ROOT) for path in glob.glob(
+        f'{ROOT}/configs/*/*_in1k.py'))
+    assert sorted(model.config for model in index.models
+                  if model.config.endswith('_in1k.py')) == configs
