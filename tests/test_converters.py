@@ -219,3 +219,50 @@ def test_keys_of_a_wrapped_or_compiled_model_convert(tmp_path):
     # a prefix that only some keys have is a key of the model: kept
     mixed = {'module.a': 1, 'b': 2}
     assert strip_wrapper_prefixes(mixed) == mixed
+
+
+@pytest.mark.parametrize('name', ['skresnet18', 'mobilenetv2_050'])
+def test_timm_weights_without_a_classifier(tmp_path, name):
+    """timm's num_classes=0 weights (features for detection or fine-tuning)
+    were refused ('missing: head.fc.bias, head.fc.weight'): they convert to
+    the backbone alone, which loads by init_cfg with prefix 'backbone.' and
+    gives timm's pooled features."""
+    import timm
+    from mmengine.runner import load_checkpoint
+
+    from mmsk.checkpoint import load_local_checkpoint
+    from mmsk.converters import convert_checkpoint
+    from mmsk.registry import MODELS
+    torch.manual_seed(0)
+    ref = randomize_bn(timm.create_model(name, num_classes=0)).eval()
+    src, dst = tmp_path / 'timm.pth', tmp_path / 'mmsk.pth'
+    torch.save(ref.state_dict(), src)
+    lines = []
+    convert_checkpoint(name, str(src), str(dst), progress=lines.append)
+    assert 'the backbone alone' in lines[0]
+    saved = load_local_checkpoint(str(dst))
+    assert saved['meta']['headless'] is True
+    assert not any(key.startswith('head.') for key in saved['state_dict'])
+    from mmengine.config import Config
+    cfg = Config.fromstring(saved['meta']['cfg'], '.py')
+    backbone = MODELS.build(
+        dict(cfg.model.backbone,
+             init_cfg=dict(type='Pretrained', checkpoint=str(dst),
+                           prefix='backbone.')))
+    backbone.init_weights()
+    backbone.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = backbone(x)[-1].mean((2, 3))
+        torch.testing.assert_close(feats, ref(x), atol=1e-4, rtol=1e-4)
+    # the whole classifier still refuses it: its head would stay random
+    from mmpretrain.registry import MODELS as CLS
+    with pytest.raises((KeyError, RuntimeError), match='head.fc'):
+        load_checkpoint(CLS.build(cfg.model), str(dst), strict=True)
+    # a classifier with half its weights is no headless model
+    state = ref.state_dict()
+    state['fc.bias' if name.startswith('sk') else 'classifier.bias'] = \
+        torch.zeros(3)
+    torch.save(state, src)
+    with pytest.raises(KeyError, match='missing: .*head.fc.weight'):
+        convert_checkpoint(name, str(src), str(dst), progress=None)

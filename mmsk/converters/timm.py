@@ -365,31 +365,40 @@ def convert_checkpoint(model_name: str,
         TIMM_MOBILENETV2_MODELS else 'fc.weight'
     state_dict = read_state_dict(src, classifier)
     converted = convert_state_dict(model_name, state_dict)
+    # timm's num_classes=0 models (features for detection, segmentation,
+    # fine-tuning) have no classifier: their weights are the backbone's
+    headless = not any(key.startswith('head.') for key in converted)
     num_classes = converted['head.fc.weight'].shape[0] if \
         'head.fc.weight' in converted else 1000
     cfg_text = classifier_config(model_name, num_classes)
     save_converted(cfg_text, converted, dst, model_name,
-                   f'timm/{model_name}', src=src)
+                   f'timm/{model_name}', src=src, headless=headless)
     if progress:
-        progress(f'converted {len(converted)} tensors of timm {model_name!r} '
-                 f'-> {dst}')
+        what = (", the backbone alone (no classifier in the source: load it "
+                "with init_cfg=dict(type='Pretrained', prefix='backbone.'), "
+                "or as load_from with load_from_strict=False)") \
+            if headless else ''
+        progress(f'converted {len(converted)} tensors of timm {model_name!r}'
+                 f'{what} -> {dst}')
     return dst
 
 
 def save_converted(cfg_text: str, state_dict: dict, dst: str,
                    model_name: str, converted_from: str,
-                   src: Optional[str] = None):
-    """Check the converted keys/shapes against the model of ``cfg_text``,
+                   src: Optional[str] = None, headless: bool = False):
+    """Check the converted keys/shapes against the model of ``cfg_text``
+    (its backbone alone if ``headless``: weights without a classifier),
     then write the checkpoint (config text in ``meta['cfg']``) atomically,
     never over ``src`` (:func:`mmsk.utils.io.atomic_save`)."""
-    _check_keys(cfg_text, state_dict, model_name)
-    atomic_save(
-        dict(
-            meta=dict(cfg=cfg_text, converted_from=converted_from),
-            state_dict=state_dict), dst, inputs=[src])
+    _check_keys(cfg_text, state_dict, model_name, headless)
+    meta = dict(cfg=cfg_text, converted_from=converted_from)
+    if headless:
+        meta['headless'] = True
+    atomic_save(dict(meta=meta, state_dict=state_dict), dst, inputs=[src])
 
 
-def _check_keys(cfg_text: str, state_dict: dict, model_name: str):
+def _check_keys(cfg_text: str, state_dict: dict, model_name: str,
+                headless: bool = False):
     """Refuse to write a checkpoint whose keys do not match the model."""
     from mmengine.config import Config
     from mmpretrain.registry import MODELS
@@ -397,7 +406,8 @@ def _check_keys(cfg_text: str, state_dict: dict, model_name: str):
     init_default_scope('mmpretrain')
     cfg = Config.fromstring(cfg_text, '.py')
     model = MODELS.build(cfg.model)
-    expected = set(model.state_dict())
+    expected = set(key for key in model.state_dict()
+                   if not (headless and key.startswith('head.')))
     got = set(state_dict)
     missing, unexpected = sorted(expected - got), sorted(got - expected)
     if missing or unexpected:
@@ -405,7 +415,7 @@ def _check_keys(cfg_text: str, state_dict: dict, model_name: str):
                        f'model. missing: {missing[:10]} unexpected: '
                        f'{unexpected[:10]}')
     for key, value in model.state_dict().items():
-        if value.shape != state_dict[key].shape:
+        if key in expected and value.shape != state_dict[key].shape:
             raise ValueError(f'{model_name}: shape mismatch at {key}: '
                              f'{tuple(state_dict[key].shape)} vs '
                              f'{tuple(value.shape)}')

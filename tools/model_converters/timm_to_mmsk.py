@@ -7,7 +7,10 @@ TIMM_NAME may carry timm's pretrained tag (``skresnet18.ra_in1k``). SRC is
 a timm state dict (``torch.save(model.state_dict(), SRC)``, or a checkpoint
 with ``state_dict``/``model``), read with ``weights_only=True``, or the
 ``.safetensors`` file that timm downloads; keys of a DDP-wrapped or compiled
-model (``module.``, ``_orig_mod.``) are taken without the prefix.
+model (``module.``, ``_orig_mod.``) are taken without the prefix. Weights
+without a classifier (timm's ``num_classes=0``) give the backbone's keys
+alone (``meta['headless']``): load them with ``init_cfg=dict(type=
+'Pretrained', checkpoint=DST, prefix='backbone.')``.
 DST is an mmengine checkpoint whose ``meta['cfg']`` holds the classifier
 config as text:
 
