@@ -786,3 +786,36 @@ def test_vis_cam_runs_on_an_mmsk_classifier(tmp_path, digits):
     assert cam.shape == (1, 28, 28)
     assert cam.max() - cam.min() > 0.1
     assert (tmp_path / 'cam.png').exists()
+
+
+@pytest.mark.parametrize('ext', ['jpg', 'png', 'webp'])
+def test_images_turned_upright_by_their_exif_orientation(tmp_path, ext):
+    """Phone photos carry an EXIF orientation tag; mmpretrain's loader
+    (OpenCV's colour read) turns them upright, the look-inside tools read
+    them 'unchanged' (for 16 bits and alpha), which ignores the tag: the
+    attention was drawn for an image on its side. Each of the eight
+    orientations reads as mmpretrain's LoadImageFromFile reads it."""
+    import numpy as np
+    from mmpretrain.datasets.transforms import LoadImageFromFile
+    from PIL import Image
+
+    from mmsk.visualization.inputs import load_images
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    paths = []
+    for orientation in range(1, 9):
+        image = Image.fromarray(pixels)
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        path = str(tmp_path / f'o{orientation}.{ext}')
+        kwargs = dict(quality=95) if ext == 'jpg' else \
+            dict(lossless=True) if ext == 'webp' else {}
+        image.save(path, exif=exif, **kwargs)
+        paths.append(path)
+    read = load_images(paths).images
+    shapes = set()
+    for path, img in zip(paths, read):
+        loaded = LoadImageFromFile()(dict(img_path=path))['img']
+        np.testing.assert_array_equal(img, loaded, err_msg=path)
+        shapes.add(img.shape)
+    assert shapes == {(12, 20, 3), (20, 12, 3)}

@@ -136,6 +136,35 @@ def drop_alpha(img: np.ndarray) -> np.ndarray:
     return img
 
 
+#: numpy steps that undo each EXIF orientation (2-8), as Pillow's
+#: ``ImageOps.exif_transpose`` and OpenCV's colour read do
+_EXIF_STEPS = {
+    2: lambda img: img[:, ::-1],  # mirrored left-right
+    3: lambda img: img[::-1, ::-1],  # turned 180 degrees
+    4: lambda img: img[::-1],  # mirrored top-bottom
+    5: lambda img: img.swapaxes(0, 1),  # transposed
+    6: lambda img: np.rot90(img, -1),  # turned 90 degrees clockwise
+    7: lambda img: img.swapaxes(0, 1)[::-1, ::-1],  # transversed
+    8: lambda img: np.rot90(img, 1),  # turned 90 degrees anticlockwise
+}
+
+
+def exif_upright(img: np.ndarray, path: str) -> np.ndarray:
+    """``img`` read from ``path`` turned upright by the file's EXIF
+    orientation tag, as mmpretrain's ``LoadImageFromFile`` (OpenCV's colour
+    read) sees it: OpenCV's ``unchanged`` read, which keeps 16 bits and
+    alpha, ignores the tag, so a phone photo would be looked at on its
+    side. Files without the tag are returned as they are."""
+    try:
+        from PIL import Image
+        with Image.open(path) as image:
+            orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # not an image Pillow reads: OpenCV read it
+        return img
+    step = _EXIF_STEPS.get(orientation)
+    return img if step is None else np.ascontiguousarray(step(img))
+
+
 def load_images(paths: Sequence[str],
                 max_images: Optional[int] = None,
                 flag: str = 'unchanged') -> ImageSet:
@@ -143,7 +172,9 @@ def load_images(paths: Sequence[str],
 
     Labels are set only when every image lies in a class sub-folder.
     16-bit images are scaled to the 0-255 scale (:func:`to_8bit_range`);
-    the alpha channel of 4-channel images is dropped (:func:`drop_alpha`).
+    the alpha channel of 4-channel images is dropped (:func:`drop_alpha`);
+    images are turned upright by their EXIF orientation
+    (:func:`exif_upright`).
     """
     import mmcv
     if not paths:
@@ -169,7 +200,8 @@ def load_images(paths: Sequence[str],
         img = mmcv.imread(path, flag=flag, channel_order='rgb')
         if img is None:
             raise ValueError(f'cannot read image {path}')
-        images.append(to_8bit_range(drop_alpha(img), path))
+        images.append(to_8bit_range(drop_alpha(exif_upright(img, path)),
+                                    path))
     labels = classes = None
     if all(label is not None for _, label in entries):
         classes = sorted({label for _, label in entries})
