@@ -610,6 +610,38 @@ def test_the_attention_norm_groups_must_divide_its_width():
                             sk_cfg=dict(min_channels=12)))
 
 
+def test_the_attention_norm_groups_hold_three_channels_or_more():
+    """A backbone's GN(32) reached the attention's 32-wide pooled
+    descriptor (attn_norm_cfg='same'): groups of one value normalise to 0,
+    and the SK select step gave the same weights for every input, and a
+    batch of one image raised a BatchNorm error. It is refused, naming the
+    way out."""
+    from mmsk.models.layers import SKConv
+    for num_groups, per_group in ((32, 1), (16, 2)):
+        with pytest.raises(ValueError, match=rf'attn_channels=32 into groups '
+                           rf'of {per_group} channel.*num_groups=1'):
+            SKConv(128, 128, groups=32,
+                   norm_cfg=dict(type='GN', num_groups=num_groups))
+    with pytest.raises(ValueError, match='sk_cfg=dict.attn_norm_cfg'):
+        build_backbone(dict(type='SKNet', depth=50, base_channels=16,
+                            norm_cfg=dict(type='GN', num_groups=32)))
+    SKConv(128, 128, groups=32, norm_cfg=dict(type='GN', num_groups=32),
+           attn_norm_cfg=dict(type='GN', num_groups=8))
+    # the way out the error names: the weights follow the input
+    model = build_backbone(dict(
+        type='SKNet', depth=50, base_channels=16,
+        norm_cfg=dict(type='GN', num_groups=32),
+        sk_cfg=dict(attn_norm_cfg=dict(type='GN', num_groups=1)))).eval()
+    attention = model.layer1[0].conv2.attn
+    weights = []
+    attention.register_forward_hook(lambda m, i, out: weights.append(out))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+        model(torch.randn(1, 3, 32, 32) * 3 + 1)
+    assert (weights[0] - weights[1]).abs().max() > 1e-3
+
+
 def test_sk_branch_kernel_size_must_be_an_int():
     from mmsk.models.layers import SKConv
     with pytest.raises(ValueError, match=r'SKConv: branches\[0\]'

@@ -177,6 +177,21 @@ class ChannelAttention(Deployable, BaseModule):
         self.norm = (
             build_norm_layer(norm_cfg, attn_channels)[1]
             if norm_cfg is not None else nn.Identity())
+        if isinstance(self.norm, nn.GroupNorm) and \
+                attn_channels // self.norm.num_groups < 3:
+            per_group = attn_channels // self.norm.num_groups
+            raise ValueError(
+                f'{type(self).__name__}: norm_cfg {norm_cfg!r} (SK units: '
+                f'attn_norm_cfg, in SKNet sk_cfg=dict(attn_norm_cfg=...); '
+                f'its default \'same\' is the backbone\'s norm_cfg) splits the reduced width attn_channels='
+                f'{attn_channels} into groups of {per_group} channel(s), '
+                f'and the attention normalises the pooled 1x1 descriptor, '
+                f'one value per channel: a group of one value normalises to '
+                f'0, so the attention would give the same weights whatever '
+                f'the input, and a group of two to -1 or +1. Give each group '
+                f'3 or more channels, e.g. dict(type="GN", num_groups=1) '
+                f'(over all channels, as LayerNorm), or no norm (for SK '
+                f'units: attn_norm_cfg=None; the reduce conv gets a bias)')
         if isinstance(self.norm, _InstanceNorm):
             raise ValueError(
                 f'{type(self).__name__}: norm_cfg {norm_cfg!r} is an '
@@ -266,7 +281,7 @@ def _check_batch_for_bn(module: nn.Module, pooled: torch.Tensor):
             f'of 2 or more images per device (got 1). Use a larger batch, '
             f'norm_eval=True, or a norm that works on one image: for SK '
             f'units attn_norm_cfg=None (no norm; the reduce conv gets a '
-            f'bias) or attn_norm_cfg=dict(type="GN", num_groups=...).')
+            f'bias) or attn_norm_cfg=dict(type="GN", num_groups=1).')
 
 
 @register_model

@@ -116,7 +116,11 @@ class SKConv(Deployable, BaseModule):
             step. ``'same'`` (default): ``norm_cfg``. BatchNorm there sees
             one pooled vector per image, so it needs 2+ images per device in
             train mode; ``None`` (no norm; the reduce conv gets a bias) or
-            ``dict(type='GN', num_groups=...)`` train with batch 1.
+            ``dict(type='GN', num_groups=1)`` train with batch 1. A GN
+            whose groups hold fewer than 3 of the ``d`` channels is refused
+            (one value a group normalises to 0: a constant attention), so a
+            backbone's ``GN(num_groups=32)`` needs its own
+            ``attn_norm_cfg``.
 
     The fast forward squeezes the branches one by one (the mean of the sum is
     the sum of the means) and selects with ``lerp(u2, u1, w1)`` for two
