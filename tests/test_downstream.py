@@ -18,6 +18,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from PIL import Image
@@ -563,13 +564,20 @@ PLUGIN_CONFIG = 'retinanet_r50-sk-c3-c5_fpn_1x_coco.py'
 @pytest.mark.parametrize('attn,abbr', [('mmsk.SEAttention', 'se_attention'),
                                        ('mmsk.SKAttention', 'sk_attention')])
 def test_attention_plugin_in_mmdet_resnet50(attn, abbr):
-    plugins = copy.deepcopy(load_config(PLUGIN_CONFIG).model.backbone.plugins)
-    plugins[0]['cfg']['type'] = attn
-    resnet = dict(type='ResNet', depth=50, stem_channels=16, base_channels=16)
+    backbone = copy.deepcopy(load_config(PLUGIN_CONFIG).model.backbone)
+    plugins = backbone.plugins
+    if attn == 'mmsk.SEAttention':  # as the config's comment says
+        plugins[0]['cfg'] = dict(type=attn)
+    assert plugins[0]['cfg']['type'] == attn
+    # the config's backbone (its norm_eval, frozen_stages), narrower
+    resnet = dict(backbone, stem_channels=16, base_channels=16,
+                  init_cfg=None)
+    resnet.pop('plugins')
     MODELS = registry('mmdet')
     torch.manual_seed(0)
     model = MODELS.build(dict(resnet, plugins=plugins))
     model.train()
+    assert backbone.norm_eval
     plugged = []
     for i, layer in enumerate(model.res_layers):
         for block in getattr(model, layer):
@@ -588,6 +596,10 @@ def test_attention_plugin_in_mmdet_resnet50(attn, abbr):
     for plugin in plugged:
         for n, p in plugin.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, n
+        # the plug-ins start from scratch, so their norms must normalise:
+        # norm_eval=True held the SK units' BatchNorms at mean 0, variance 1
+        for n, m in plugin.named_modules():
+            assert not isinstance(m, _BatchNorm) or m.training, n
     # the plug-ins change what the network computes
     plain = MODELS.build(resnet)
     plain.load_state_dict(model.state_dict(), strict=False)
