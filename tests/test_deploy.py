@@ -121,6 +121,36 @@ def test_every_block_switches_to_deploy(block):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize('name', sorted(BACKBONES))
+def test_the_deploy_form_refuses_to_train(name):
+    """A folded model trained without a word: no BatchNorm left (norm_eval
+    did nothing), the folded biases trainable. train() is refused with the
+    way out; eval() and train(False) still work, and so does a classifier
+    around it in eval mode."""
+    from mmpretrain.registry import MODELS
+    model = build_backbone(_cfg(name)).eval()
+    model.switch_to_deploy()
+    with pytest.raises(ValueError, match=r'is in its deploy form .* Train '
+                       r'the model built without deploy=True'):
+        model.train()
+    assert model.train(False) is model and not model.training
+    classifier = MODELS.build(dict(
+        type='ImageClassifier', backbone=dict(_cfg(name), deploy=True),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=3,
+                  in_channels=model.feat_dim)))
+    with pytest.raises(ValueError, match='deploy form'):
+        classifier.train()
+    with torch.no_grad():
+        assert classifier.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    # a block folded alone refuses too
+    block = next(m for m in model.modules()
+                 if type(m).__name__.endswith(('Block', 'Bottleneck')))
+    with pytest.raises(ValueError, match=f'{type(block).__name__} is in its '
+                       'deploy form'):
+        block.train()
+
+
 def test_deploy_refuses_what_it_cannot_fold():
     with pytest.raises(ValueError, match='deploy'):
         build_backbone(dict(BACKBONES['senet18'], deploy='yes'))
@@ -245,7 +275,6 @@ def test_folding_keeps_frozen_stages_frozen(cfg):
             name.rsplit('.', 1)[0] not in frozen_modules), name
     assert len(got) < len(list(model.parameters()))
     built = build_backbone(dict(cfg, deploy=True))
-    built.train()
     assert frozen(built) == got
 
 

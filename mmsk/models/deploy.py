@@ -131,14 +131,27 @@ def fold_for_deploy(module: nn.Module) -> nn.Module:
     for m in module.modules():
         if hasattr(m, 'collapse_paths'):
             m.collapse_paths()
-        if hasattr(m, 'deploy'):
-            m.deploy = True
+        if isinstance(m, Deployable) or hasattr(m, 'deploy'):
+            m.deploy = True  # refuses train()
     return module
 
 
 class Deployable:
     """Mixin: ``switch_to_deploy()`` folds the module with
-    :func:`fold_for_deploy`."""
+    :func:`fold_for_deploy`; a module in its deploy form refuses
+    ``train()``."""
 
     def switch_to_deploy(self):
         return fold_for_deploy(self)
+
+    def train(self, mode: bool = True):
+        if mode and getattr(self, 'deploy', False):
+            raise ValueError(
+                f'{type(self).__name__} is in its deploy form (deploy=True '
+                f'or switch_to_deploy(): BatchNorm folded into the convs, '
+                f'the two-path SK select step one logit), an inference '
+                f'model: it cannot be trained as the model it was folded '
+                f'from. Train the model built without deploy=True and fold '
+                f'it afterwards (switch_to_deploy(), or '
+                f'tools/model_converters/reparameterize_model.py)')
+        return super().train(mode)
