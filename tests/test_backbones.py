@@ -338,6 +338,12 @@ def test_zero_init_residual(name):
     model.init_weights()
     blocks = family.blocks(model)
     assert all(torch.all(b.last_conv.norm.weight == 0) for b in blocks)
+    # a second init_weights (BaseModule logs a warning and does nothing)
+    # zeroed the trained last norms again
+    for b in blocks:
+        b.last_conv.norm.weight.data.fill_(0.5)
+    model.init_weights()
+    assert all(torch.all(b.last_conv.norm.weight == 0.5) for b in blocks)
     model = build_backbone(_cfg(name, zero_init_residual=False))
     model.init_weights()
     first = family.blocks(model)[0]

@@ -906,11 +906,14 @@ class ResNetStages(Deployable, ResNet):
         # BaseModule's init (init_cfg, incl. Pretrained with prefix), then
         # the blocks' own zero-init instead of ResNet's class checks. A
         # Pretrained checkpoint must cover the whole backbone, and once
-        # loaded (alone or in a list of init_cfgs) it is not zeroed.
-        if not self._is_init:
+        # loaded (alone or in a list of init_cfgs) it is not zeroed. A
+        # second call changes nothing (BaseModule only warns), so the
+        # zero-init does not wipe trained weights either.
+        first = not self._is_init
+        if first:
             check_pretrained(self, self.init_cfg)
         super(ResNet, self).init_weights()
-        if pretrained_cfg(self.init_cfg) is not None:
+        if not first or pretrained_cfg(self.init_cfg) is not None:
             return
         if self.zero_init_residual:
             for m in self.modules():
