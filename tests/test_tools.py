@@ -39,6 +39,32 @@ def test_test_tool_prints_accuracy(trained_work_dir, tmp_path):
                   if p.name.startswith('.')) == []
 
 
+def test_test_tool_with_tta_loads_the_checkpoint(trained_work_dir, tmp_path):
+    """--tta wraps the model in mmpretrain's AverageClsScoreTTA, whose keys
+    carry 'module.': the strict check refused every checkpoint (190
+    missing keys) although MMEngine's loader unwraps the TTA model. A
+    checkpoint of another model is still refused."""
+    args = [
+        f'{ROOT}/tools/test.py', MAIN_CONFIG,
+        str(trained_work_dir / 'epoch_1.pth'), '--tta', '--work-dir',
+        str(tmp_path), '--cfg-options', 'test_dataloader.dataset.indices=16',
+        'test_dataloader.num_workers=0',
+        'test_dataloader.persistent_workers=False',
+        # the options apply after --tta has wrapped the model
+        'model.module.backbone.stem_channels=8',
+        'model.module.backbone.base_channels=8',
+        'model.module.head.in_channels=64'
+    ]
+    proc = run_python(args=args)
+    assert 'accuracy/top1' in proc.stdout + proc.stderr
+    proc = run_python(args=args[:-3] + ['model.module.head.in_channels=512'],
+                      check=False)
+    assert proc.returncode == 1
+    assert re.search(r'does not fit the model ImageClassifier: .*'
+                     r'mis-shaped keys: backbone\.bn1', proc.stderr), \
+        proc.stderr[-2000:]
+
+
 def test_mmpretrain_shipped_train_tool_runs_mmsk_config(tmp_path):
     from mmsk.utils.tools import mmpretrain_tool_path
     train_tool(tmp_path, tool=mmpretrain_tool_path('train.py'))

@@ -62,12 +62,24 @@ def state_dict_mismatch(
     return _mismatch(model, state_dict)[:3]
 
 
+def unwrap_model(model):
+    """The model that MMEngine's ``load_state_dict`` loads into: without
+    its wrappers (DDP and the other model wrappers) and test-time
+    augmentation (``BaseTTAModel``, what ``tools/test.py --tta`` runs),
+    whose ``module.`` keys a checkpoint does not have."""
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
+
+
 def _mismatch(model, state_dict: Dict) -> tuple:
     """:func:`state_dict_mismatch`'s three lists and ``mis_typed``:
     ``(key, type name)`` of the checkpoint's values that are not tensors
     where the model has one (a numpy array or a number in a weight's
     place, which MMEngine's non-strict loader only logs, leaving that
     weight random)."""
+    model = unwrap_model(model)
     state_dict = keys_as_loaded(model, state_dict)
     expected = model.state_dict()
     missing = sorted(k for k in set(expected) - set(state_dict)
@@ -122,7 +134,8 @@ def check_checkpoint_fits(model, checkpoint, filename: str = 'checkpoint',
         parts.append(f'{len(mis_typed)} keys hold no tensor: '
                      f'{_names(shown)}')
     raise CheckpointMismatchError(
-        f'{filename} does not fit the model {type(model).__name__}: '
+        f'{filename} does not fit the model '
+        f'{type(unwrap_model(model)).__name__}: '
         + '; '.join(parts) + (f'. {hint}' if hint else ''))
 
 
