@@ -6,6 +6,7 @@ middle of an epoch, or in the middle of writing a checkpoint, and resumed
 with ``--resume``; its final weights must equal those of the uninterrupted
 run bit for bit.
 """
+import re
 import shutil
 import signal
 
@@ -342,3 +343,42 @@ def test_resume_from_a_folder_says_what_to_give(tmp_path):
     with pytest.raises(FileNotFoundError, match='is a folder, not a '
                        'checkpoint file.*--resume alone'):
         load_local_checkpoint(str(tmp_path))
+
+
+def test_resume_from_a_checkpoint_without_training_state_is_refused(
+        trained_work_dir, tmp_path):
+    """--resume given a best_*.pth (saved without optimizer and scheduler
+    states) went on at epoch 2 with the schedule's first learning rate and
+    a fresh momentum, exit 0. It is refused in one line, before any
+    weight changes; the run's epoch_1.pth resumes."""
+    from conftest import train_tool
+    (best, ) = trained_work_dir.glob('best_*.pth')
+    work_dir = tmp_path / 'run'
+    proc = run_python(args=[
+        f'{ROOT}/tools/train.py', MAIN_CONFIG, '--work-dir', str(work_dir),
+        '--resume', str(best), '--cfg-options', *TINY_OPTIONS,
+        'train_cfg.max_epochs=2'
+    ], check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    err = proc.stderr.strip().splitlines()[-1]
+    assert re.match(r'error: CannotResumeError: checkpoint .*best_accuracy'
+                    r'\S*\.pth.? cannot be resumed from: it holds no '
+                    r'optimizer, no param_schedulers .*load_from', err), err
+    assert not (work_dir / 'epoch_2.pth').exists()
+    # what resuming needs, one piece at a time
+    from mmsk.engine.loading import CannotResumeError, check_resumable
+    full = torch.load(str(trained_work_dir / 'epoch_1.pth'),
+                      weights_only=False)
+    check_resumable(full, 'f', ('optimizer', 'param_schedulers'))
+    for key in ('optimizer', 'param_schedulers'):
+        with pytest.raises(CannotResumeError, match=f'holds no {key} '):
+            check_resumable({k: v for k, v in full.items() if k != key}, 'f',
+                            ('optimizer', 'param_schedulers'))
+    with pytest.raises(CannotResumeError, match='no epoch and iteration in '
+                       'its meta'):
+        check_resumable(dict(full, meta={}), 'f', ('optimizer', ))
+    # the run's own checkpoint resumes
+    shutil.copy(trained_work_dir / 'epoch_1.pth', tmp_path / 'epoch_1.pth')
+    proc = train_tool(work_dir, '--resume', str(tmp_path / 'epoch_1.pth'),
+                      epochs=2)
+    assert (work_dir / 'epoch_2.pth').is_file()

@@ -31,6 +31,34 @@ class CheckpointMismatchError(RuntimeError):
     """The checkpoint's state dict does not fit the model."""
 
 
+class CannotResumeError(CheckpointMismatchError):
+    """``--resume`` was given a checkpoint without the training state that
+    resuming restores (the optimizer, the schedulers, the epoch)."""
+
+
+def check_resumable(checkpoint, filename: str, needs: Tuple[str, ...]):
+    """Raise :class:`CannotResumeError` unless ``checkpoint`` holds the
+    states in ``needs`` (``'optimizer'``, ``'param_schedulers'``) and its
+    ``meta`` the epoch and iteration. A ``best_*.pth`` (CheckpointHook
+    saves it without them), a converted or a folded checkpoint would
+    restart the schedule and the momentum from scratch, silently."""
+    if not isinstance(checkpoint, dict):
+        return  # check_checkpoint_fits names it
+    meta = checkpoint.get('meta')
+    lacking = [key for key in needs if key not in checkpoint]
+    if not (isinstance(meta, dict) and 'epoch' in meta and 'iter' in meta):
+        lacking.append("epoch and iteration in its meta")
+    if lacking:
+        raise CannotResumeError(
+            f'{filename} cannot be resumed from: it holds no '
+            f'{", no ".join(lacking)} (it was saved for evaluation or '
+            f'conversion, as best_*.pth files are), so --resume would start '
+            f'the learning-rate schedule and the optimizer over. Resume from '
+            f'an epoch_N.pth / iter_N.pth of the run, or start a new run '
+            f'from these weights with load_from (--cfg-options '
+            f'load_from=...)')
+
+
 def _revise(state_dict: Dict, revise_keys) -> Dict:
     for pattern, repl in revise_keys or ():
         state_dict = {re.sub(pattern, repl, k): v
@@ -205,6 +233,9 @@ def install():
         policy = getattr(_policy, 'value', None)
         if policy is not None:
             filename, hint = policy
+            needs = getattr(_policy, 'resume_needs', None)
+            if is_resuming() and needs is not None:
+                check_resumable(checkpoint, filename, needs)
             check_checkpoint_fits(model, checkpoint, filename, revise_keys,
                                   hint)
         return to_model(model, checkpoint, strict, logger, revise_keys)
@@ -226,13 +257,20 @@ def install():
         with _strict(f'checkpoint {filename!r}', hint):
             return load_checkpoint(self, filename, *args, **kwargs)
 
-    def strict_resume(self, filename, *args, **kwargs):
-        previous = getattr(_policy, 'resuming', False)
+    def strict_resume(self, filename, resume_optimizer=True,
+                      resume_param_scheduler=True, *args, **kwargs):
+        previous = (getattr(_policy, 'resuming', False),
+                    getattr(_policy, 'resume_needs', None))
         _policy.resuming = True
+        _policy.resume_needs = \
+            (('optimizer', ) if resume_optimizer else ()) + \
+            (('param_schedulers', ) if resume_param_scheduler
+             and getattr(self, 'param_schedulers', None) is not None else ())
         try:
-            return resume(self, filename, *args, **kwargs)
+            return resume(self, filename, resume_optimizer,
+                          resume_param_scheduler, *args, **kwargs)
         finally:
-            _policy.resuming = previous
+            _policy.resuming, _policy.resume_needs = previous
 
     strict_load_checkpoint._mmsk_strict = True
     strict_load_checkpoint.__doc__ = load_checkpoint.__doc__
