@@ -336,11 +336,16 @@ train_cfg = dict(max_epochs=1)
 default_hooks = dict(checkpoint=dict(save_best=None))
 ''')
     env = dict(os.environ, PYTHON=sys.executable)
+    # an earlier run's best file in the work dir was tested and its
+    # accuracy reported as this run's
+    (tmp_path / 'work').mkdir()
+    (tmp_path / 'work' / 'best_accuracy_top1_epoch_3.pth').write_bytes(b'x')
     proc = subprocess.run(
         ['bash', f'{ROOT}/tools/main_job.sh', 'cfgs/tiny.py', 'work'],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert 'error: training wrote no best_*.pth in' in proc.stderr
+    assert 'testing' not in proc.stdout
     assert (tmp_path / 'work' / 'epoch_1.pth').is_file()
     proc = subprocess.run(
         ['bash', f'{ROOT}/tools/main_job.sh', 'cfgs/missing.py'],

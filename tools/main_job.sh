@@ -52,7 +52,21 @@ start=$(date +%s)
 "$PYTHON" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" "${RESUME[@]}"
 train_s=$(( $(date +%s) - start ))
 
-best="$(ls -t "$WORK_DIR"/best_*.pth 2>/dev/null | head -n 1 || true)"
+# this run's best checkpoint, as its CheckpointHook recorded it in the
+# run's last checkpoint: a best_*.pth that an earlier run left in WORK_DIR
+# is not this run's result
+best="$("$PYTHON" - "$WORK_DIR" <<'PY' 2>/dev/null || true
+import os.path as osp
+import sys
+
+from mmsk.checkpoint import load_local_checkpoint
+with open(osp.join(sys.argv[1], 'last_checkpoint')) as f:
+    last = load_local_checkpoint(f.read().strip(), map_location='cpu')
+best = last['message_hub']['runtime_info'].get('best_ckpt')
+if best and osp.isfile(best):
+    print(best)
+PY
+)"
 if [[ -z "$best" ]]; then
     echo "error: training wrote no best_*.pth in $WORK_DIR: the main job" \
         "tests the checkpoint that is best on val, so the config needs" \
