@@ -18,7 +18,6 @@ import re
 import numpy as np
 import pytest
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from PIL import Image

@@ -30,6 +30,33 @@ def test_check_output_path(tmp_path):
     assert (tmp_path / 'a' / 'b').is_dir() and out.endswith('c.pth')
     with pytest.raises(OutputPathError, match='not a folder'):
         check_output_path(src / 'c.pth')
+    # a folder no one can write to (sysfs creates no files, even for root)
+    # was only found when the work was done; no probe file is left
+    with pytest.raises(OutputPathError, match="cannot write '/sys/x/"
+                       "y.json': folder '/sys' is not writable"):
+        check_output_path('/sys/x/y.json', create=False)
+    with pytest.raises(OutputPathError, match="cannot create folder '/sys/x'"):
+        check_output_path('/sys/x/y.json')
+    with pytest.raises(OutputPathError, match="folder '/sys' is not "
+                       'writable'):
+        check_output_path('/sys/y.json')
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        'a', 'in.pth', 'link.pth']
+
+
+def test_read_config_names_a_file_that_is_no_config(tmp_path):
+    from mmsk.utils.io import read_config
+    (tmp_path / 'model.pth').write_bytes(b'x')
+    (tmp_path / 'notes.txt').write_text('x = 1')
+    with pytest.raises(ValueError, match=r"config '\S*model.pth' is not a "
+                       r'config file \(.py, .yml, .yaml, .json\): it looks '
+                       'like a checkpoint'):
+        read_config(tmp_path / 'model.pth')
+    with pytest.raises(ValueError, match=r'notes.txt. is not a config file '
+                       r'\(.py, .yml, .yaml, .json\)$'):
+        read_config(tmp_path / 'notes.txt')
+    with pytest.raises(ValueError, match='is a folder, not a config file'):
+        read_config(tmp_path)
 
 
 def test_atomic_output_keeps_the_old_file_on_failure(tmp_path):
@@ -139,3 +166,9 @@ def test_complexity_tool_refuses_a_folder(tmp_path, capsys):
     assert tool.main(['--names', 'SE-ResNet-50', '--out', str(tmp_path)]) == 1
     assert capsys.readouterr().err == \
         f'error: output {str(tmp_path)!r} is a folder: give a file name\n'
+    # an unwritable folder is found before the counting (a traceback after
+    # it before)
+    assert tool.main(['--names', 'SE-ResNet-50', '--out',
+                      '/sys/mmsk/t.md']) == 1
+    assert capsys.readouterr().err.startswith(
+        "error: cannot write '/sys/mmsk/t.md': folder '/sys' is not writable")

@@ -193,6 +193,25 @@ BAD_INPUT = [
      "error: --out '"),
     ('work-dir-is-file', ['test.py', '--work-dir', '{ckpt}'],
      "error: --work-dir '{ckpt}' is a file, not a folder"),
+    # folders no one can write to (sysfs creates no files, not even for
+    # root): a PermissionError traceback after the whole test, or at once
+    ('out-unwritable', ['test.py', '--out', '/sys/mmsk/preds.pkl'],
+     "error: cannot write '/sys/mmsk/preds.pkl': folder '/sys' is not "
+     "writable"),
+    ('work-dir-unwritable', ['train.py', MAIN_CONFIG, '--work-dir',
+                             '/sys/mmsk-run'],
+     "error: cannot write --work-dir '/sys/mmsk-run': folder '/sys' is not "
+     "writable"),
+    # CONFIG and CHECKPOINT swapped, or a folder: 'Only py/yml/yaml/json
+    # type are supported now!' in a traceback
+    ('config-is-checkpoint', ['train.py', '{ckpt}'],
+     "error: config '{ckpt}' is not a config file (.py, .yml, .yaml, "
+     ".json): it looks like a checkpoint; the config comes first"),
+    ('config-is-folder', ['train.py', '{given}'],
+     "error: config '{given}' is a folder, not a config file"),
+    # a run that fails after --out's folders were made removes them all
+    ('out-new-folders', ['test.py', '--out', '{tmp}/new/sub/preds.pkl'],
+     "error: CorruptCheckpointError: "),
 ]
 
 

@@ -819,3 +819,17 @@ def test_images_turned_upright_by_their_exif_orientation(tmp_path, ext):
         np.testing.assert_array_equal(img, loaded, err_msg=path)
         shapes.add(img.shape)
     assert shapes == {(12, 20, 3), (20, 12, 3)}
+
+
+def test_unreadable_image_files_are_named(tmp_path):
+    """A 0-byte image ended the look-inside tools in OpenCV's assertion
+    traceback ('!buf.empty() in function imdecode_'); a file that is no
+    image gets the same one-line error."""
+    from mmsk.visualization.inputs import load_images
+    (tmp_path / 'empty.png').write_bytes(b'')
+    (tmp_path / 'text.png').write_text('not an image')
+    with pytest.raises(ValueError, match=r'cannot read image \S*empty.png: '
+                       'the file is empty'):
+        load_images([str(tmp_path / 'empty.png')])
+    with pytest.raises(ValueError, match=r'cannot read image \S*text.png'):
+        load_images([str(tmp_path / 'text.png')])

@@ -87,6 +87,7 @@ def check_output_path(path: PathLike,
             if not osp.isdir(existing):
                 raise OutputPathError(
                     f'cannot write {path!r}: {existing!r} is not a folder')
+            check_writable_folder(existing, repr(path))
             return path
         try:
             os.makedirs(parent, exist_ok=True)
@@ -94,7 +95,22 @@ def check_output_path(path: PathLike,
             raise OutputPathError(
                 f'cannot create folder {parent!r} for {path!r}: '
                 f'{e.strerror or e}') from e
+    check_writable_folder(parent, repr(path))
     return path
+
+
+def check_writable_folder(folder: str, what: str):
+    """Raise :class:`OutputPathError` unless a file can be created in the
+    existing ``folder`` (for ``what``, named in the error): tried with a
+    hidden file that is removed at once, since permission bits do not tell
+    (root, read-only mounts, immutable folders)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix='.mmsk-write-check-')
+    except OSError as e:
+        raise OutputPathError(f'cannot write {what}: folder {folder!r} is '
+                              f'not writable ({e.strerror or e})') from e
+    os.close(fd)
+    os.remove(probe)
 
 
 def _fsync_dir(folder: str):
@@ -213,18 +229,41 @@ def atomic_write_text(text: str,
     return osp.expanduser(os.fspath(path))
 
 
+#: the config file types mmengine reads
+CONFIG_SUFFIXES = ('.py', '.yml', '.yaml', '.json')
+_CHECKPOINT_SUFFIXES = ('.pth', '.pt', '.ckpt', '.bin', '.safetensors')
+
+
+def check_config_suffix(path: str):
+    """``ValueError`` unless ``path`` is a config file by its suffix, as
+    mmengine reads them (its own error, 'Only py/yml/yaml/json type are
+    supported now!', names no file), and the likely mix-up: a checkpoint
+    given where the config goes."""
+    if path.lower().endswith(CONFIG_SUFFIXES):
+        return
+    hint = ': it looks like a checkpoint; the config comes first (CONFIG ' \
+        'CHECKPOINT)' if path.lower().endswith(_CHECKPOINT_SUFFIXES) else ''
+    raise ValueError(f'config {path!r} is not a config file '
+                     f'({", ".join(CONFIG_SUFFIXES)}){hint}')
+
+
 def read_config(path: PathLike):
     """The :class:`mmengine.config.Config` of the file ``path``.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not valid Python (naming the file and the
-            line; mmengine's own ``SyntaxError`` names neither).
+        ValueError: the file is not a config by its suffix
+            (:func:`check_config_suffix`), or not valid Python (naming the
+            file and the line; mmengine's own ``SyntaxError`` names
+            neither).
     """
     from mmengine.config import Config
     path = osp.expanduser(os.fspath(path))
+    if osp.isdir(path):
+        raise ValueError(f'config {path!r} is a folder, not a config file')
     if not osp.isfile(path):
         raise FileNotFoundError(f'config file {path} does not exist')
+    check_config_suffix(path)
     try:
         return Config.fromfile(path)
     except SyntaxError as e:

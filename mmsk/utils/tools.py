@@ -72,9 +72,19 @@ _OUT_SUFFIXES = dict(metrics=('.json', '.yaml', '.yml', '.pkl', '.pickle'),
 
 
 def _check_work_dir(argv: List[str]):
+    from mmsk.utils.io import check_writable_folder
     _, work_dir = _option(argv, '--work-dir')
-    if work_dir and osp.exists(work_dir) and not osp.isdir(work_dir):
+    if not work_dir:
+        return
+    if osp.exists(work_dir) and not osp.isdir(work_dir):
         raise ValueError(f'--work-dir {work_dir!r} is a file, not a folder')
+    existing = osp.abspath(osp.expanduser(work_dir))
+    while not osp.lexists(existing):  # the run creates the rest
+        existing = osp.dirname(existing)
+    if not osp.isdir(existing):
+        raise ValueError(f'--work-dir {work_dir!r}: {existing!r} is not a '
+                         f'folder')
+    check_writable_folder(existing, f'--work-dir {work_dir!r}')
 
 
 def _atomic_out(argv: List[str]):
@@ -101,7 +111,11 @@ def _atomic_out(argv: List[str]):
                '.json, .yaml/.yml or .pkl/.pickle (the suffix picks the '
                'format)'))
     folder = osp.dirname(osp.abspath(out))
-    made = not osp.isdir(folder)
+    made = []  # the folders this run creates, outermost last
+    missing = folder
+    while not osp.isdir(missing):
+        made.append(missing)
+        missing = osp.dirname(missing)
     os.makedirs(folder, exist_ok=True)
     stem, ext = osp.splitext(osp.basename(out))
     tmp = osp.join(folder, f'.{stem}.{uuid.uuid4().hex[:8]}.tmp{ext}')
@@ -115,11 +129,11 @@ def _atomic_out(argv: List[str]):
             return
         if osp.exists(tmp):
             os.remove(tmp)
-        if made:
+        for created in made:  # a failed run leaves no new folder
             try:  # another rank may have written there, or removed it
-                os.rmdir(folder)
+                os.rmdir(created)
             except OSError:
-                pass
+                break
 
     return argv, finish
 
@@ -137,6 +151,12 @@ def run_mmpretrain_tool(name: str):
     argv = sys.argv[1:]
     finish = None
     try:
+        if argv and not argv[0].startswith('-'):  # CONFIG
+            from mmsk.utils.io import check_config_suffix
+            if osp.isdir(argv[0]):
+                raise ValueError(f'config {argv[0]!r} is a folder, not a '
+                                 f'config file')
+            check_config_suffix(argv[0])
         # bad output paths are refused before any work
         _check_work_dir(argv)
         if name == 'test.py':
@@ -176,4 +196,4 @@ def input_errors() -> tuple:
     from mmsk.models.backbones.pretrained import PretrainedMismatchError
     return (FileNotFoundError, CorruptCheckpointError, UnsafeCheckpointError,
             UnsafeConfigError, CheckpointMismatchError,
-            PretrainedMismatchError)
+            PretrainedMismatchError, PermissionError)

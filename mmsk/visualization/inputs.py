@@ -197,7 +197,13 @@ def load_images(paths: Sequence[str],
         entries = entries[:max_images]
     images = []
     for path, _ in entries:
-        img = mmcv.imread(path, flag=flag, channel_order='rgb')
+        if osp.getsize(path) == 0:
+            raise ValueError(f'cannot read image {path}: the file is empty')
+        try:
+            img = mmcv.imread(path, flag=flag, channel_order='rgb')
+        except Exception as e:  # OpenCV asserts on an empty file
+            raise ValueError(f'cannot read image {path}: '
+                             f'{str(e).strip().splitlines()[-1]}') from e
         if img is None:
             raise ValueError(f'cannot read image {path}')
         images.append(to_8bit_range(drop_alpha(exif_upright(img, path)),

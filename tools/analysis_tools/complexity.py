@@ -56,8 +56,8 @@ def main(argv=None):
         print(f'error: {e}', file=sys.stderr)
         return 1
     if args.out:
-        try:
-            check_output_path(args.out)
+        try:  # before the counting; its folders are made when writing
+            check_output_path(args.out, create=False)
         except OutputPathError as e:
             print(f'error: {e}', file=sys.stderr)
             return 1
@@ -83,7 +83,11 @@ def main(argv=None):
     table = '\n'.join(lines)
     print('\n' + table)
     if args.out:
-        atomic_write_text(table + '\n', args.out)
+        try:
+            atomic_write_text(table + '\n', args.out)
+        except (OSError, ValueError) as e:  # e.g. made unwritable since
+            print(f'error: cannot write {args.out}: {e}', file=sys.stderr)
+            return 1
     if bad:
         print(f'off by more than the tolerance: {sorted(set(bad))}',
               file=sys.stderr)
