@@ -102,18 +102,19 @@ def test_attention_ops_are_counted():
     assert by_op['conv'] == 2 * 64 * 16  # reduce, expand
 
 
-# an ImageNet config per family, at a small size to keep it quick
+# an ImageNet config per family, at a small size to keep it quick, through
+# mmsk's tools/analysis_tools/get_flops.py or mmpretrain's own
 GET_FLOPS_CONFIGS = [
-    'configs/sknet/sknet18_8xb32_in1k.py',
-    'configs/res2net/se-res2net50-w26-s4_8xb32_in1k.py',
-    'configs/mobilenet_v2/sk-mobilenet-v2_8xb32_in1k.py',
+    ('configs/sknet/sknet18_8xb32_in1k.py', 'mmsk'),
+    ('configs/res2net/se-res2net50-w26-s4_8xb32_in1k.py', 'mmpretrain'),
+    ('configs/mobilenet_v2/sk-mobilenet-v2_8xb32_in1k.py', 'mmpretrain'),
 ]
 
 
-@pytest.mark.parametrize('config', GET_FLOPS_CONFIGS)
-def test_mmpretrain_get_flops_gives_mmsk_figures(config):
-    """mmpretrain's own tools/analysis_tools/get_flops.py (backbone + neck;
-    the config imports mmsk) and mmsk's complexity() count the same."""
+@pytest.mark.parametrize('config,tool', GET_FLOPS_CONFIGS)
+def test_get_flops_gives_mmsk_figures(config, tool):
+    """get_flops.py (backbone + neck; mmpretrain's own imports mmsk
+    through the config) and mmsk's complexity() count the same."""
     import re
 
     from mmengine.analysis.print_helper import _format_size
@@ -123,7 +124,9 @@ def test_mmpretrain_get_flops_gives_mmsk_figures(config):
     from mmsk.utils.tools import mmpretrain_tool_path
     size = 64
     proc = run_python(args=[
-        mmpretrain_tool_path('analysis_tools/get_flops.py'),
+        mmpretrain_tool_path('analysis_tools/get_flops.py')
+        if tool == 'mmpretrain' else
+        f'{ROOT}/tools/analysis_tools/get_flops.py',
         f'{ROOT}/{config}', '--shape', str(size)
     ])
     flops = re.search(r'^Flops: (\S+)$', proc.stdout, re.M).group(1)
