@@ -178,3 +178,27 @@ def test_timm_checkpoint_with_another_number_of_classes(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         _compare(ref(x), model(x, mode='tensor'))
+
+
+@pytest.mark.parametrize('cli', [False, True], ids=['function', 'tool'])
+def test_torchvision_checkpoint_converts_and_rebuilds(tmp_path, cli):
+    """torchvision's mobilenet_v2 file through
+    tools/model_converters/torchvision_to_mmsk.py (there was only the
+    key-renaming function): the rebuilt classifier gives its logits."""
+    import torchvision
+
+    from conftest import convert_and_rebuild
+    from mmsk.converters.torchvision import convert_checkpoint
+    torch.manual_seed(0)
+    ref = randomize_bn(torchvision.models.mobilenet_v2(num_classes=10))
+    ref.eval()
+    src = tmp_path / 'mobilenet_v2.pth'
+    torch.save(ref.state_dict(), src)
+    model = convert_and_rebuild('torchvision_to_mmsk.py', convert_checkpoint,
+                                'mobilenet_v2', src, tmp_path / 'mmsk.pth',
+                                cli=cli)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _compare(ref(x), model(x, mode='tensor'))
+    with pytest.raises(KeyError, match="'mobilenet_v3' is not supported"):
+        convert_checkpoint('mobilenet_v3', str(src), str(tmp_path / 'o.pth'))
