@@ -267,6 +267,17 @@ def test_dist_scripts_check_their_arguments_and_find_the_venv(tmp_path):
         assert proc.returncode == 1
         assert proc.stderr.startswith('error: no such ') and \
             proc.stderr.count('\n') == 1, proc.stderr
+    # a folder where a file goes ('no such checkpoint file' before)
+    for script, args, what in [
+            ('dist_train.sh', [str(tmp_path), '2'], 'config'),
+            ('dist_test.sh', [MAIN_CONFIG, str(tmp_path), '2'],
+             'checkpoint')]:
+        proc = subprocess.run(['bash', f'{ROOT}/tools/{script}', *args],
+                              env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 1
+        assert proc.stderr == f'error: {what} {tmp_path} is a folder, not ' \
+            f'a {what} file\n', proc.stderr
     # PATH without a python: only the .venv's can run train.py, which
     # then reports the config that is not Python in one line
     (tmp_path / 'bin').mkdir()

@@ -18,11 +18,17 @@ if [[ $# -lt 3 || ! "$NPROC" =~ ^[1-9][0-9]*$ ]]; then
 fi
 
 # a missing file: one line here, not one traceback per process
-if [[ ! -f "$CONFIG" ]]; then
+if [[ -d "$CONFIG" ]]; then
+    echo "error: config $CONFIG is a folder, not a config file" >&2
+    exit 1
+elif [[ ! -f "$CONFIG" ]]; then
     echo "error: no such config file: $CONFIG" >&2
     exit 1
 fi
-if [[ "$CHECKPOINT" != *://* && ! -f "$CHECKPOINT" ]]; then
+if [[ -d "$CHECKPOINT" ]]; then
+    echo "error: checkpoint $CHECKPOINT is a folder, not a checkpoint file" >&2
+    exit 1
+elif [[ "$CHECKPOINT" != *://* && ! -f "$CHECKPOINT" ]]; then
     echo "error: no such checkpoint file: $CHECKPOINT" >&2
     exit 1
 fi
