@@ -124,31 +124,32 @@ def test_every_block_switches_to_deploy(block):
 @pytest.mark.parametrize('name', sorted(BACKBONES))
 def test_the_deploy_form_refuses_to_train(name):
     """A folded model trained without a word: no BatchNorm left (norm_eval
-    did nothing), the folded biases trainable. train() is refused with the
-    way out; eval() and train(False) still work, and so does a classifier
-    around it in eval mode."""
+    did nothing), the folded biases trainable. Folding leaves it in eval
+    mode, and a forward in train mode is refused with the way out;
+    ``train()`` itself stays harmless, since tools that switch to eval and
+    back (torch's ONNX exporter) call ``train(True)`` at the end."""
     from mmpretrain.registry import MODELS
-    model = build_backbone(_cfg(name)).eval()
+    model = build_backbone(_cfg(name)).train()
     model.switch_to_deploy()
-    with pytest.raises(ValueError, match=r'is in its deploy form .* Train '
-                       r'the model built without deploy=True'):
-        model.train()
-    assert model.train(False) is model and not model.training
+    assert not model.training
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+    assert model.train() is model
+    with pytest.raises(ValueError, match=r'is in its deploy form .* called '
+                       r'in train mode\. Call model\.eval\(\)'):
+        model(x)
     classifier = MODELS.build(dict(
         type='ImageClassifier', backbone=dict(_cfg(name), deploy=True),
         neck=dict(type='GlobalAveragePooling'),
         head=dict(type='LinearClsHead', num_classes=3,
                   in_channels=model.feat_dim)))
+    assert not classifier.backbone.training  # built folded: eval mode
+    classifier.train()  # what the Runner's train loop does
     with pytest.raises(ValueError, match='deploy form'):
-        classifier.train()
+        classifier(x, mode='tensor')
     with torch.no_grad():
-        assert classifier.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3)
-    # a block folded alone refuses too
-    block = next(m for m in model.modules()
-                 if type(m).__name__.endswith(('Block', 'Bottleneck')))
-    with pytest.raises(ValueError, match=f'{type(block).__name__} is in its '
-                       'deploy form'):
-        block.train()
+        assert classifier.eval()(x, mode='tensor').shape == (2, 3)
 
 
 def test_deploy_refuses_what_it_cannot_fold():
@@ -275,6 +276,7 @@ def test_folding_keeps_frozen_stages_frozen(cfg):
             name.rsplit('.', 1)[0] not in frozen_modules), name
     assert len(got) < len(list(model.parameters()))
     built = build_backbone(dict(cfg, deploy=True))
+    built.train(False)  # a mode switch keeps them frozen
     assert frozen(built) == got
 
 

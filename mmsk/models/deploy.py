@@ -101,7 +101,8 @@ def fold_for_deploy(module: nn.Module) -> nn.Module:
 
     The result computes what the eval-mode module computed (fp32, up to
     rounding); it has no BatchNorm left, so it is an inference model: its
-    former BN statistics are in the conv weights. Idempotent. Raises
+    former BN statistics are in the conv weights. It is left in eval mode,
+    and a backbone refuses a forward in train mode. Idempotent. Raises
     :class:`CannotFoldError`, with ``module`` unchanged, when a layer cannot
     fold.
     """
@@ -131,27 +132,31 @@ def fold_for_deploy(module: nn.Module) -> nn.Module:
     for m in module.modules():
         if hasattr(m, 'collapse_paths'):
             m.collapse_paths()
-        if isinstance(m, Deployable) or hasattr(m, 'deploy'):
-            m.deploy = True  # refuses train()
+        if hasattr(m, 'deploy'):
+            m.deploy = True
+    # an inference model: a backbone refuses a forward in train mode
+    module.train(False)
     return module
 
 
 class Deployable:
     """Mixin: ``switch_to_deploy()`` folds the module with
-    :func:`fold_for_deploy`; a module in its deploy form refuses
-    ``train()``."""
+    :func:`fold_for_deploy`."""
 
     def switch_to_deploy(self):
         return fold_for_deploy(self)
 
-    def train(self, mode: bool = True):
-        if mode and getattr(self, 'deploy', False):
+    def check_not_training_folded(self):
+        """A backbone in its deploy form refuses a train-mode forward:
+        folded, it has no BatchNorm to train as the model it came from
+        (``train()`` itself stays harmless: tools that switch to eval and
+        back, such as torch's ONNX exporter, call it)."""
+        if self.training and getattr(self, 'deploy', False):
             raise ValueError(
                 f'{type(self).__name__} is in its deploy form (deploy=True '
                 f'or switch_to_deploy(): BatchNorm folded into the convs, '
                 f'the two-path SK select step one logit), an inference '
-                f'model: it cannot be trained as the model it was folded '
-                f'from. Train the model built without deploy=True and fold '
-                f'it afterwards (switch_to_deploy(), or '
-                f'tools/model_converters/reparameterize_model.py)')
-        return super().train(mode)
+                f'model, and was called in train mode. Call model.eval() '
+                f'for inference; to train, build the model without '
+                f'deploy=True and fold it afterwards (switch_to_deploy(), '
+                f'or tools/model_converters/reparameterize_model.py)')

@@ -456,6 +456,7 @@ class InvertedResidualNet(Deployable, BaseBackbone):
         super().init_weights()
 
     def forward(self, x: torch.Tensor) -> tuple:
+        self.check_not_training_folded()
         check_input(self, x, self.in_channels, self.conv1.conv.weight)
         check_sync_bn(self, x)
         return forward_batch_checked(self, self._forward_stages, x)

@@ -821,6 +821,7 @@ class ResNetStages(Deployable, ResNet):
                            hints={**own, **self.option_hints})
 
     def forward(self, x: torch.Tensor) -> tuple:
+        self.check_not_training_folded()
         check_input(self, x, self.in_channels, self._stem_weight())
         check_sync_bn(self, x)
         return forward_batch_checked(self, self._forward, x)
