@@ -788,7 +788,7 @@ def test_vis_cam_runs_on_an_mmsk_classifier(tmp_path, digits):
     assert (tmp_path / 'cam.png').exists()
 
 
-@pytest.mark.parametrize('ext', ['jpg', 'png', 'webp'])
+@pytest.mark.parametrize('ext', ['jpg', 'png', 'webp', 'tiff'])
 def test_images_turned_upright_by_their_exif_orientation(tmp_path, ext):
     """Phone photos carry an EXIF orientation tag; mmpretrain's loader
     (OpenCV's colour read) turns them upright, the look-inside tools read
@@ -812,12 +812,17 @@ def test_images_turned_upright_by_their_exif_orientation(tmp_path, ext):
             dict(lossless=True) if ext == 'webp' else {}
         image.save(path, exif=exif, **kwargs)
         paths.append(path)
-    read = load_images(paths).images
     shapes = set()
-    for path, img in zip(paths, read):
-        loaded = LoadImageFromFile()(dict(img_path=path))['img']
-        np.testing.assert_array_equal(img, loaded, err_msg=path)
-        shapes.add(img.shape)
+    # the tools' read (unchanged: 16 bits, alpha) and a colour read, which
+    # OpenCV turns itself (TIFF is turned by OpenCV in both)
+    for flag in ('unchanged', 'color'):
+        read = load_images(paths, flag=flag).images
+        for path, img in zip(paths, read):
+            loaded = LoadImageFromFile()(dict(img_path=path))['img']
+            if flag == 'color':  # load_images reads it as RGB
+                img = img[..., ::-1]
+            np.testing.assert_array_equal(img, loaded, err_msg=path)
+            shapes.add(img.shape)
     assert shapes == {(12, 20, 3), (20, 12, 3)}
 
 

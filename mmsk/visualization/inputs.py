@@ -150,14 +150,17 @@ _EXIF_STEPS = {
 
 
 def exif_upright(img: np.ndarray, path: str) -> np.ndarray:
-    """``img`` read from ``path`` turned upright by the file's EXIF
-    orientation tag, as mmpretrain's ``LoadImageFromFile`` (OpenCV's colour
-    read) sees it: OpenCV's ``unchanged`` read, which keeps 16 bits and
-    alpha, ignores the tag, so a phone photo would be looked at on its
+    """``img``, read from ``path`` by OpenCV's ``unchanged`` read, turned
+    upright by the file's EXIF orientation tag, as mmpretrain's
+    ``LoadImageFromFile`` (OpenCV's colour read) sees it: the ``unchanged``
+    read, which keeps 16 bits and alpha, ignores the tag (but for TIFF,
+    whose reader applies it), so a phone photo would be looked at on its
     side. Files without the tag are returned as they are."""
     try:
         from PIL import Image
         with Image.open(path) as image:
+            if image.format == 'TIFF':  # OpenCV turned it already
+                return img
             orientation = image.getexif().get(0x0112, 1)
     except Exception:  # not an image Pillow reads: OpenCV read it
         return img
@@ -206,8 +209,9 @@ def load_images(paths: Sequence[str],
                              f'{str(e).strip().splitlines()[-1]}') from e
         if img is None:
             raise ValueError(f'cannot read image {path}')
-        images.append(to_8bit_range(drop_alpha(exif_upright(img, path)),
-                                    path))
+        if flag == 'unchanged':  # the other reads apply the tag
+            img = exif_upright(img, path)
+        images.append(to_8bit_range(drop_alpha(img), path))
     labels = classes = None
     if all(label is not None for _, label in entries):
         classes = sorted({label for _, label in entries})
