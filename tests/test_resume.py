@@ -377,6 +377,25 @@ def test_resume_from_a_checkpoint_without_training_state_is_refused(
     with pytest.raises(CannotResumeError, match='no epoch and iteration in '
                        'its meta'):
         check_resumable(dict(full, meta={}), 'f', ('optimizer', ))
+    # a run whose CheckpointHook saves no optimizer or scheduler state
+    # resumes without them, as before
+    from mmengine.hooks import CheckpointHook
+
+    from mmsk.engine.loading import _resume_needs
+
+    class Run:
+        hooks = [CheckpointHook(save_optimizer=False)]
+        param_schedulers = [object()]
+
+    assert _resume_needs(Run, True, True) == ('param_schedulers', )
+    Run.hooks = [CheckpointHook()]
+    assert _resume_needs(Run, True, True) == ('optimizer',
+                                              'param_schedulers')
+    assert _resume_needs(Run, False, True) == ('param_schedulers', )
+    Run.hooks = [CheckpointHook(save_param_scheduler=False)]
+    assert _resume_needs(Run, True, True) == ('optimizer', )
+    Run.hooks, Run.param_schedulers = [CheckpointHook()], None
+    assert _resume_needs(Run, True, True) == ('optimizer', )
     # the run's own checkpoint resumes
     shutil.copy(trained_work_dir / 'epoch_1.pth', tmp_path / 'epoch_1.pth')
     proc = train_tool(work_dir, '--resume', str(tmp_path / 'epoch_1.pth'),

@@ -218,6 +218,25 @@ def _is_training(runner) -> bool:
     return isinstance(getattr(runner, '_train_loop', None), BaseLoop)
 
 
+def _resume_needs(runner, resume_optimizer: bool,
+                  resume_param_scheduler: bool) -> Tuple[str, ...]:
+    """The states a checkpoint of ``runner``'s run holds for its resume:
+    those its CheckpointHook saves (``save_optimizer=False`` /
+    ``save_param_scheduler=False`` runs resume without them, as before)
+    and the resume restores."""
+    from mmengine.hooks import CheckpointHook
+    hooks = [h for h in getattr(runner, 'hooks', [])
+             if isinstance(h, CheckpointHook)]
+    saves = (lambda key: all(getattr(h, key, True) for h in hooks))
+    needs = ()
+    if resume_optimizer and saves('save_optimizer'):
+        needs += ('optimizer', )
+    if resume_param_scheduler and saves('save_param_scheduler') and \
+            getattr(runner, 'param_schedulers', None) is not None:
+        needs += ('param_schedulers', )
+    return needs
+
+
 def install():
     """Make MMEngine's Runner check every checkpoint it loads (idempotent)."""
     from mmengine.runner import runner as runner_module
@@ -262,10 +281,8 @@ def install():
         previous = (getattr(_policy, 'resuming', False),
                     getattr(_policy, 'resume_needs', None))
         _policy.resuming = True
-        _policy.resume_needs = \
-            (('optimizer', ) if resume_optimizer else ()) + \
-            (('param_schedulers', ) if resume_param_scheduler
-             and getattr(self, 'param_schedulers', None) is not None else ())
+        _policy.resume_needs = _resume_needs(self, resume_optimizer,
+                                             resume_param_scheduler)
         try:
             return resume(self, filename, resume_optimizer,
                           resume_param_scheduler, *args, **kwargs)
