@@ -55,14 +55,23 @@ train_s=$(( $(date +%s) - start ))
 # this run's best checkpoint, as its CheckpointHook recorded it in the
 # run's last checkpoint: a best_*.pth that an earlier run left in WORK_DIR
 # is not this run's result
-best="$("$PYTHON" - "$WORK_DIR" <<'PY' 2>/dev/null || true
+best="$(PYTHONWARNINGS=ignore "$PYTHON" - "$WORK_DIR" <<'PY' || true
 import os.path as osp
 import sys
 
 from mmsk.checkpoint import load_local_checkpoint
-with open(osp.join(sys.argv[1], 'last_checkpoint')) as f:
-    last = load_local_checkpoint(f.read().strip(), map_location='cpu')
-best = last['message_hub']['runtime_info'].get('best_ckpt')
+try:
+    with open(osp.join(sys.argv[1], 'last_checkpoint')) as f:
+        last = load_local_checkpoint(f.read().strip(), map_location='cpu')
+    info = last['message_hub']['runtime_info']
+except Exception as e:  # said below, with what the main job needs
+    print(f"[main] cannot read this run's last checkpoint: {e}",
+          file=sys.stderr)
+    sys.exit(0)
+# save_best='auto' or one metric: best_ckpt; several metrics: one
+# best_ckpt_<metric> each, of which the first in name order
+keys = ['best_ckpt'] + sorted(k for k in info if k.startswith('best_ckpt_'))
+best = next((info[k] for k in keys if info.get(k)), None)
 if best and osp.isfile(best):
     print(best)
 PY
