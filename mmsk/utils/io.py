@@ -57,7 +57,8 @@ def check_output_path(path: PathLike,
 
     Raises:
         OutputPathError: ``path`` is empty, a folder, one of ``inputs``, or
-            its parent cannot be created / is not a folder.
+            its parent cannot be created / is not a folder / cannot be
+            written (:func:`check_writable_folder`).
     """
     path = os.fspath(path) if path is not None else ''
     if not path:
@@ -109,8 +110,11 @@ def check_writable_folder(folder: str, what: str):
     except OSError as e:
         raise OutputPathError(f'cannot write {what}: folder {folder!r} is '
                               f'not writable ({e.strerror or e})') from e
-    os.close(fd)
-    os.remove(probe)
+    try:
+        os.close(fd)
+        os.remove(probe)
+    except OSError:  # a folder that takes new files only (append-only)
+        pass
 
 
 def _fsync_dir(folder: str):
@@ -231,7 +235,7 @@ def atomic_write_text(text: str,
 
 #: the config file types mmengine reads
 CONFIG_SUFFIXES = ('.py', '.yml', '.yaml', '.json')
-_CHECKPOINT_SUFFIXES = ('.pth', '.pt', '.ckpt', '.bin', '.safetensors')
+CHECKPOINT_SUFFIXES = ('.pth', '.pt', '.ckpt', '.bin', '.safetensors')
 
 
 def check_config_suffix(path: str):
@@ -242,7 +246,7 @@ def check_config_suffix(path: str):
     if path.lower().endswith(CONFIG_SUFFIXES):
         return
     hint = ': it looks like a checkpoint; the config comes first (CONFIG ' \
-        'CHECKPOINT)' if path.lower().endswith(_CHECKPOINT_SUFFIXES) else ''
+        'CHECKPOINT)' if path.lower().endswith(CHECKPOINT_SUFFIXES) else ''
     raise ValueError(f'config {path!r} is not a config file '
                      f'({", ".join(CONFIG_SUFFIXES)}){hint}')
 

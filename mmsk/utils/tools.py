@@ -7,9 +7,12 @@ backend, no device ids for DDP, no ``torch.cuda.set_device``.
 
 Bad input that mmsk detects (a missing config or checkpoint, a corrupt,
 unsafe or unfitting checkpoint, an unsafe config text, a config that is not
-Python, a ``--work-dir`` that is a file, a ``--out`` of ``test.py`` that is
-a folder, one of the inputs or of the wrong suffix) ends with one
-``error: ...`` line and exit code 1 instead of a traceback; other errors
+Python, a folder or a checkpoint given as the config, a ``--work-dir`` that
+is a file or lies in a folder that cannot be written, a ``--out`` of
+``test.py`` that is a folder, one of the inputs, of the wrong suffix or in
+a folder that cannot be written, a ``--resume`` checkpoint without the
+training state) ends with one ``error: ...`` line and exit code 1 instead
+of a traceback; other errors
 (e.g. a wrong option, whose message names it) keep their traceback. The
 output paths are checked before any work, and ``test.py`` writes ``--out``
 atomically (a temporary file next to it, renamed when the run succeeds).
@@ -69,6 +72,18 @@ def _option(argv: List[str], name: str) -> Tuple[Optional[int], str]:
 #: format of the metrics by the suffix; predictions are always a pickle
 _OUT_SUFFIXES = dict(metrics=('.json', '.yaml', '.yml', '.pkl', '.pickle'),
                      pred=('.pkl', '.pickle'))
+
+
+def _check_config_argument(config: str):
+    """A folder or a file of another type (a checkpoint: CONFIG and
+    CHECKPOINT swapped) where the tool reads its config. A name that is no
+    file is left to the tool (mmpretrain's get_flops.py takes model names
+    too; the others say the file does not exist)."""
+    from mmsk.utils.io import CHECKPOINT_SUFFIXES, check_config_suffix
+    if osp.isdir(config):
+        raise ValueError(f'config {config!r} is a folder, not a config file')
+    if osp.isfile(config) or config.lower().endswith(CHECKPOINT_SUFFIXES):
+        check_config_suffix(config)
 
 
 def _check_work_dir(argv: List[str]):
@@ -152,11 +167,7 @@ def run_mmpretrain_tool(name: str):
     finish = None
     try:
         if argv and not argv[0].startswith('-'):  # CONFIG
-            from mmsk.utils.io import check_config_suffix
-            if osp.isdir(argv[0]):
-                raise ValueError(f'config {argv[0]!r} is a folder, not a '
-                                 f'config file')
-            check_config_suffix(argv[0])
+            _check_config_argument(argv[0])
         # bad output paths are refused before any work
         _check_work_dir(argv)
         if name == 'test.py':
@@ -196,4 +207,4 @@ def input_errors() -> tuple:
     from mmsk.models.backbones.pretrained import PretrainedMismatchError
     return (FileNotFoundError, CorruptCheckpointError, UnsafeCheckpointError,
             UnsafeConfigError, CheckpointMismatchError,
-            PretrainedMismatchError, PermissionError)
+            PretrainedMismatchError)
