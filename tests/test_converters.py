@@ -255,10 +255,23 @@ def test_timm_weights_without_a_classifier(tmp_path, name):
     with torch.no_grad():
         feats = backbone(x)[-1].mean((2, 3))
         torch.testing.assert_close(feats, ref(x), atol=1e-4, rtol=1e-4)
-    # the whole classifier still refuses it: its head would stay random
+    # the config it carries has no head, so the docstring's recipe
+    # rebuilds it whole (a 1000-way head stayed random before) and gives
+    # the pooled features
+    assert cfg.model.head is None
+    from mmpretrain.apis import init_model
+
+    from mmsk.checkpoint import config_from_checkpoint
+    model = init_model(config_from_checkpoint(str(dst)), str(dst)).eval()
+    with torch.no_grad():  # the neck's outputs, as a tuple
+        torch.testing.assert_close(model(x, mode='tensor')[-1], ref(x),
+                                   atol=1e-4, rtol=1e-4)
+    # a classifier with a head refuses it: its head would stay random
     from mmpretrain.registry import MODELS as CLS
     with pytest.raises((KeyError, RuntimeError), match='head.fc'):
-        load_checkpoint(CLS.build(cfg.model), str(dst), strict=True)
+        load_checkpoint(CLS.build(dict(cfg.model, head=dict(
+            type='LinearClsHead', num_classes=3,
+            in_channels=backbone.feat_dim))), str(dst), strict=True)
     # a classifier with half its weights is no headless model
     state = ref.state_dict()
     state['fc.bias' if name.startswith('sk') else 'classifier.bias'] = \

@@ -252,18 +252,22 @@ def _entry(model_name: str) -> dict:
     return TIMM_MODELS[model_name]
 
 
-def classifier_config(model_name: str, num_classes: int = 1000) -> str:
-    """mmpretrain config text of the mmsk classifier for a timm model."""
+def classifier_config(model_name: str,
+                      num_classes: Optional[int] = 1000) -> str:
+    """mmpretrain config text of the mmsk classifier for a timm model
+    (``num_classes=None``: without a head, for headless weights)."""
     model_name = timm_base_name(model_name)
     return backbone_classifier_config(_entry(model_name)['backbone'],
                                       num_classes, f"timm's {model_name!r}")
 
 
 def backbone_classifier_config(backbone: dict,
-                               num_classes: int = 1000,
+                               num_classes: Optional[int] = 1000,
                                source: str = '') -> str:
     """mmpretrain config text of the mmsk classifier around ``backbone``
-    (shared by every converter of :mod:`mmsk.converters`)."""
+    (shared by every converter of :mod:`mmsk.converters`);
+    ``num_classes=None`` gives it no head: its ``tensor`` forward returns
+    the pooled features."""
     backbone = dict(backbone)
     backbone['out_indices'] = (-1, )
     from mmengine.registry import init_default_scope
@@ -271,6 +275,18 @@ def backbone_classifier_config(backbone: dict,
     from mmsk.registry import MODELS
     init_default_scope('mmpretrain')
     feat_dim = MODELS.build(dict(backbone, type=backbone['type'])).feat_dim
+    if num_classes is None:
+        head = 'None'  # headless weights: the backbone alone
+        classes = ''
+    else:
+        head = f"""dict(
+        type='LinearClsHead',
+        num_classes={num_classes},
+        in_channels={feat_dim},
+        loss=dict(type='CrossEntropyLoss', loss_weight=1.0),
+        topk=(1, 5))"""
+        classes = f"""
+    num_classes={num_classes},"""
     return f"""# mmsk classifier converted from {source}
 custom_imports = dict(imports=['mmsk'], allow_failed_imports=False)
 default_scope = 'mmpretrain'
@@ -278,14 +294,8 @@ model = dict(
     type='ImageClassifier',
     backbone={backbone!r},
     neck=dict(type='GlobalAveragePooling'),
-    head=dict(
-        type='LinearClsHead',
-        num_classes={num_classes},
-        in_channels={feat_dim},
-        loss=dict(type='CrossEntropyLoss', loss_weight=1.0),
-        topk=(1, 5)))
-data_preprocessor = dict(
-    num_classes={num_classes},
+    head={head})
+data_preprocessor = dict({classes}
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
     to_rgb=True)
@@ -370,14 +380,15 @@ def convert_checkpoint(model_name: str,
     headless = not any(key.startswith('head.') for key in converted)
     num_classes = converted['head.fc.weight'].shape[0] if \
         'head.fc.weight' in converted else 1000
-    cfg_text = classifier_config(model_name, num_classes)
+    cfg_text = classifier_config(model_name,
+                                 None if headless else num_classes)
     save_converted(cfg_text, converted, dst, model_name,
                    f'timm/{model_name}', src=src, headless=headless)
     if progress:
-        what = (", the backbone alone (no classifier in the source: load it "
-                "with init_cfg=dict(type='Pretrained', prefix='backbone.'), "
-                "or as load_from with load_from_strict=False)") \
-            if headless else ''
+        what = (", the backbone alone (no classifier in the source; its "
+                "config has no head: load it with init_cfg=dict(type="
+                "'Pretrained', prefix='backbone.'), or as load_from with "
+                "load_from_strict=False)") if headless else ''
         progress(f'converted {len(converted)} tensors of timm {model_name!r}'
                  f'{what} -> {dst}')
     return dst
@@ -386,19 +397,18 @@ def convert_checkpoint(model_name: str,
 def save_converted(cfg_text: str, state_dict: dict, dst: str,
                    model_name: str, converted_from: str,
                    src: Optional[str] = None, headless: bool = False):
-    """Check the converted keys/shapes against the model of ``cfg_text``
-    (its backbone alone if ``headless``: weights without a classifier),
-    then write the checkpoint (config text in ``meta['cfg']``) atomically,
-    never over ``src`` (:func:`mmsk.utils.io.atomic_save`)."""
-    _check_keys(cfg_text, state_dict, model_name, headless)
+    """Check the converted keys/shapes against the model of ``cfg_text``,
+    then write the checkpoint (config text in ``meta['cfg']``; ``headless``:
+    weights without a classifier, ``meta['headless']``) atomically, never
+    over ``src`` (:func:`mmsk.utils.io.atomic_save`)."""
+    _check_keys(cfg_text, state_dict, model_name)
     meta = dict(cfg=cfg_text, converted_from=converted_from)
     if headless:
         meta['headless'] = True
     atomic_save(dict(meta=meta, state_dict=state_dict), dst, inputs=[src])
 
 
-def _check_keys(cfg_text: str, state_dict: dict, model_name: str,
-                headless: bool = False):
+def _check_keys(cfg_text: str, state_dict: dict, model_name: str):
     """Refuse to write a checkpoint whose keys do not match the model."""
     from mmengine.config import Config
     from mmpretrain.registry import MODELS
@@ -406,8 +416,7 @@ def _check_keys(cfg_text: str, state_dict: dict, model_name: str,
     init_default_scope('mmpretrain')
     cfg = Config.fromstring(cfg_text, '.py')
     model = MODELS.build(cfg.model)
-    expected = set(key for key in model.state_dict()
-                   if not (headless and key.startswith('head.')))
+    expected = set(model.state_dict())
     got = set(state_dict)
     missing, unexpected = sorted(expected - got), sorted(got - expected)
     if missing or unexpected:
@@ -415,7 +424,7 @@ def _check_keys(cfg_text: str, state_dict: dict, model_name: str,
                        f'model. missing: {missing[:10]} unexpected: '
                        f'{unexpected[:10]}')
     for key, value in model.state_dict().items():
-        if key in expected and value.shape != state_dict[key].shape:
+        if value.shape != state_dict[key].shape:
             raise ValueError(f'{model_name}: shape mismatch at {key}: '
                              f'{tuple(state_dict[key].shape)} vs '
                              f'{tuple(value.shape)}')
