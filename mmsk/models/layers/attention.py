@@ -177,13 +177,14 @@ class ChannelAttention(Deployable, BaseModule):
         self.norm = (
             build_norm_layer(norm_cfg, attn_channels)[1]
             if norm_cfg is not None else nn.Identity())
-        if isinstance(self.norm, nn.GroupNorm) and \
-                attn_channels // self.norm.num_groups < 3:
-            per_group = attn_channels // self.norm.num_groups
+        per_group = attn_channels // self.norm.num_groups if isinstance(
+            self.norm, nn.GroupNorm) else None
+        if per_group is not None and per_group < 3:
             raise ValueError(
                 f'{type(self).__name__}: norm_cfg {norm_cfg!r} (SK units: '
                 f'attn_norm_cfg, in SKNet sk_cfg=dict(attn_norm_cfg=...); '
-                f'its default \'same\' is the backbone\'s norm_cfg) splits the reduced width attn_channels='
+                f'its default \'same\' is the backbone\'s norm_cfg) '
+                f'splits the reduced width attn_channels='
                 f'{attn_channels} into groups of {per_group} channel(s), '
                 f'and the attention normalises the pooled 1x1 descriptor, '
                 f'one value per channel: a group of one value normalises to '
