@@ -15,9 +15,8 @@ its configs use the plain form.
 """
 from typing import Callable, Dict, Optional
 
-from mmsk.utils.io import check_output_path
 from .timm import (_RESNET_BLOCK_RULES, _rename, backbone_classifier_config,
-                   read_state_dict, save_converted)
+                   convert_file, table_entry)
 
 
 def _pair(source: dict, **backbone) -> dict:
@@ -89,10 +88,7 @@ def supported_models():
 
 
 def _entry(model_name: str) -> dict:
-    if model_name not in MMPRETRAIN_MODELS:
-        raise KeyError(f'mmpretrain model {model_name!r} is not supported; '
-                       f'supported: {supported_models()}')
-    return MMPRETRAIN_MODELS[model_name]
+    return table_entry(MMPRETRAIN_MODELS, 'mmpretrain', model_name)
 
 
 def convert_state_dict(model_name: str, state_dict: dict) -> dict:
@@ -120,16 +116,8 @@ def convert_checkpoint(model_name: str,
     """Convert the mmpretrain classifier weights in ``src`` (a checkpoint
     with ``state_dict``, or a bare state dict; read with
     ``weights_only=True``) to an mmengine checkpoint ``dst``."""
-    _entry(model_name)
-    check_output_path(dst, inputs=[src], create=False)
-    state_dict = read_state_dict(src, 'head.fc.weight')
-    num_classes = state_dict['head.fc.weight'].shape[0] \
-        if 'head.fc.weight' in state_dict else 1000
-    converted = convert_state_dict(model_name, state_dict)
-    cfg_text = classifier_config(model_name, num_classes)
-    save_converted(cfg_text, converted, dst, model_name,
-                   f'mmpretrain/{model_name}', src=src)
-    if progress:
-        progress(f'converted {len(converted)} tensors of mmpretrain '
-                 f'{model_name!r} -> {dst}')
-    return dst
+    return convert_file(
+        'mmpretrain', model_name, _entry(model_name)['backbone'], src, dst,
+        'head.fc.weight',
+        lambda state_dict: convert_state_dict(model_name, state_dict),
+        progress)

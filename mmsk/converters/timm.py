@@ -367,30 +367,59 @@ def convert_checkpoint(model_name: str,
     ``src`` may hold a bare state dict or a dict with ``state_dict`` /
     ``model``; it is read with ``weights_only=True``. A safetensors file
     (the weights timm downloads from the Hugging Face Hub) is read too.
+    timm's ``num_classes=0`` weights (features for detection, segmentation,
+    fine-tuning) give the backbone alone (:func:`convert_file`).
     """
     model_name = timm_base_name(model_name)
-    _entry(model_name)
-    check_output_path(dst, inputs=[src], create=False)
+    backbone = _entry(model_name)['backbone']
     classifier = 'classifier.weight' if model_name in \
         TIMM_MOBILENETV2_MODELS else 'fc.weight'
-    state_dict = read_state_dict(src, classifier)
-    converted = convert_state_dict(model_name, state_dict)
-    # timm's num_classes=0 models (features for detection, segmentation,
-    # fine-tuning) have no classifier: their weights are the backbone's
+    return convert_file(
+        'timm', model_name, backbone, src, dst, classifier,
+        lambda state_dict: convert_state_dict(model_name, state_dict),
+        progress)
+
+
+def table_entry(table: dict, source: str, model_name: str) -> dict:
+    """``table[model_name]``, or a ``KeyError`` listing what is there."""
+    if model_name not in table:
+        raise KeyError(f'{source} model {model_name!r} is not supported; '
+                       f'supported: {sorted(table)}')
+    return table[model_name]
+
+
+def convert_file(source: str,
+                 model_name: str,
+                 backbone: dict,
+                 src: str,
+                 dst: str,
+                 classifier: str,
+                 rename: Callable[[dict], dict],
+                 progress: Optional[Callable[[str], None]] = print) -> str:
+    """What every converter of :mod:`mmsk.converters` does with a file:
+    check ``dst`` before any work, read ``src`` (:func:`read_state_dict`,
+    ``classifier`` the key of its classifier weight), ``rename`` it to
+    mmsk's classifier keys, and write it with the config of the classifier
+    around ``backbone`` (:func:`save_converted`). Weights without a
+    classifier (no ``head.`` key once renamed) give the backbone alone,
+    with a config without head (``meta['headless']``)."""
+    check_output_path(dst, inputs=[src], create=False)
+    converted = rename(read_state_dict(src, classifier))
     headless = not any(key.startswith('head.') for key in converted)
-    num_classes = converted['head.fc.weight'].shape[0] if \
-        'head.fc.weight' in converted else 1000
-    cfg_text = classifier_config(model_name,
-                                 None if headless else num_classes)
+    num_classes = None if headless else \
+        converted['head.fc.weight'].shape[0] \
+        if 'head.fc.weight' in converted else 1000
+    cfg_text = backbone_classifier_config(backbone, num_classes,
+                                          f"{source}'s {model_name!r}")
     save_converted(cfg_text, converted, dst, model_name,
-                   f'timm/{model_name}', src=src, headless=headless)
+                   f'{source}/{model_name}', src=src, headless=headless)
     if progress:
         what = (", the backbone alone (no classifier in the source; its "
                 "config has no head: load it with init_cfg=dict(type="
                 "'Pretrained', prefix='backbone.'), or as load_from with "
                 "load_from_strict=False)") if headless else ''
-        progress(f'converted {len(converted)} tensors of timm {model_name!r}'
-                 f'{what} -> {dst}')
+        progress(f'converted {len(converted)} tensors of {source} '
+                 f'{model_name!r}{what} -> {dst}')
     return dst
 
 

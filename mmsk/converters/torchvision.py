@@ -7,9 +7,8 @@ carries its classifier config, as :mod:`mmsk.converters.timm` does.
 """
 from typing import Callable, Optional
 
-from mmsk.utils.io import check_output_path
 from .mobilenet import convert_torchvision_mobilenet_v2
-from .timm import backbone_classifier_config, read_state_dict, save_converted
+from .timm import convert_file, table_entry
 
 #: torchvision model name -> the mmsk backbone config with its structure
 #: (torchvision ships weights for ``width_mult=1.0`` only)
@@ -22,13 +21,6 @@ def supported_models():
     return sorted(TORCHVISION_MODELS)
 
 
-def _entry(model_name: str) -> dict:
-    if model_name not in TORCHVISION_MODELS:
-        raise KeyError(f'torchvision model {model_name!r} is not supported; '
-                       f'supported: {supported_models()}')
-    return TORCHVISION_MODELS[model_name]
-
-
 def convert_checkpoint(model_name: str,
                        src: str,
                        dst: str,
@@ -36,17 +28,7 @@ def convert_checkpoint(model_name: str,
     """Convert the torchvision weights in ``src`` (``torch.save(model.
     state_dict(), SRC)`` or the file torchvision downloads; read with
     ``weights_only=True``) to an mmengine checkpoint ``dst``."""
-    backbone = _entry(model_name)
-    check_output_path(dst, inputs=[src], create=False)
-    state_dict = read_state_dict(src, 'classifier.1.weight')
-    converted = convert_torchvision_mobilenet_v2(state_dict)
-    num_classes = converted['head.fc.weight'].shape[0] \
-        if 'head.fc.weight' in converted else 1000
-    cfg_text = backbone_classifier_config(backbone, num_classes,
-                                          f"torchvision's {model_name!r}")
-    save_converted(cfg_text, converted, dst, model_name,
-                   f'torchvision/{model_name}', src=src)
-    if progress:
-        progress(f'converted {len(converted)} tensors of torchvision '
-                 f'{model_name!r} -> {dst}')
-    return dst
+    backbone = table_entry(TORCHVISION_MODELS, 'torchvision', model_name)
+    return convert_file('torchvision', model_name, backbone, src, dst,
+                        'classifier.1.weight',
+                        convert_torchvision_mobilenet_v2, progress)
